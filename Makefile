@@ -1,0 +1,41 @@
+# medssl — the two commands. Each creates the virtual environment when it is missing.
+#   make test    unit tests + every notebook executed with papermill at toy size
+#   make study   the quick study (coming with the study runner)
+# VENV may point anywhere (CI keeps it under ~/.cache so it is reused between clones).
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BOOTSTRAP_PY ?= python3
+# The dependency stamp changes whenever pyproject.toml changes, so edits to the dependency
+# list reinstall; the package itself is re-linked (editable, no deps) on every run because a
+# shared VENV may have been made from another clone.
+DEPS_HASH := $(shell $(BOOTSTRAP_PY) -c "import hashlib;print(hashlib.sha256(open('pyproject.toml','rb').read()).hexdigest()[:12])")
+STAMP := $(VENV)/.medssl-deps-$(DEPS_HASH)
+
+.PHONY: venv test study benchmarks clean-cache
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(BOOTSTRAP_PY) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned to the builds on this machine's disk (see README: GPU notes)
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m ipykernel install --prefix $(VENV) --name python3 >/dev/null
+	rm -f $(VENV)/.medssl-deps-*
+	touch $(STAMP)
+
+venv: $(STAMP)
+	@$(PY) -m pip install -q --no-deps --no-build-isolation -e . >$(VENV)/.medssl-link.log 2>&1 \
+		|| { cat $(VENV)/.medssl-link.log; exit 1; }
+
+test: venv
+	$(PY) -m pytest -q
+
+study: venv
+	@echo "make study: the study runner (issue #4) is not built yet; see README 'Status'." >&2; exit 2
+
+benchmarks: venv
+	$(PY) benchmarks/data.py
+
+clean-cache:
+	rm -rf $${MEDSSL_CACHE_DIR:-$$HOME/.cache/medssl}/slices $${MEDSSL_CACHE_DIR:-$$HOME/.cache/medssl}/phantoms

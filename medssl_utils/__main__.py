@@ -1,0 +1,3 @@
+from medssl_utils.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""``medssl data summary PATH``: what a user needs to trust a download.
+
+The layout is detected (ACDC, MSD or folder) and every volume is decoded once, so broken
+files show up here rather than in the middle of a training run. Problems with individual
+files are collected in ``problems`` (one line each, naming the file) instead of stopping at
+the first; a path that is not a dataset at all is an error.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from medssl_utils.errors import MedsslError
+
+
+def summarize(path: Path, *, decode: bool = True, progress: bool = False) -> dict:
+    """Summary dict with keys: format, path, cases, labelled_volumes, unlabelled_frames,
+    label_values, label_map, spacing_mm ([min, max] per axis), shape_range, slices_labelled,
+    phases, groups, subsets, problems."""
+    from medssl_utils.data.decathlon import detect_format
+    from medssl_utils.data.specs import load_dataset
+
+    path = Path(path).expanduser()
+    fmt = detect_format(path)
+    vs = load_dataset(f"{fmt}:{path}")
+    problems: list[str] = []
+    label_values: set[int] = set()
+    slices_labelled = 0
+    vols = vs.volumes
+    if progress:
+        from tqdm.auto import tqdm
+
+        vols = tqdm(vols, desc="checking volumes", unit="vol", mininterval=2.0)
+    for vol in vols:
+        if not decode:
+            if vol.has_label:
+                slices_labelled += vol.shape[2]
+            continue
+        try:
+            image, label = vol.load()
+        except MedsslError as exc:
+            problems.append(str(exc))
+            continue
+        if float(np.ptp(image)) == 0.0:
+            problems.append(f"{vol.sources[0]}: image is constant (value {float(image.flat[0])})")
+        if label is not None:
+            label_values.update(int(v) for v in np.unique(label))
+            slices_labelled += label.shape[2]
+            if not label.any():
+                problems.append(f"{vol.sources[-1]}: label map is empty (all background)")
+    spacing = np.array([v.spacing for v in vs.volumes]) if vs.volumes else np.zeros((0, 3))
+    shapes = np.array([v.shape for v in vs.volumes]) if vs.volumes else np.zeros((0, 3))
+    labelled = [v for v in vs.volumes if v.has_label]
+    if fmt == "acdc":
+        unlabelled = sum(1 for v in vs.volumes if v.meta.get("phase") == "cine")
+        missing_cine = sorted({v.case_id for v in vs.volumes} - {v.case_id for v in vs.volumes
+                                                              if v.meta.get("phase") == "cine"})
+        if missing_cine:
+            problems.append(f"{len(missing_cine)} patients have no 4D cine file: {', '.join(missing_cine[:5])}"
+                            + (" …" if len(missing_cine) > 5 else ""))
+        no_gt = sorted({v.case_id for v in vs.volumes if v.meta.get("phase") in ("ED", "ES") and not v.has_label})
+        if no_gt and any(v.meta.get("subset") == "training" and v.case_id in no_gt for v in vs.volumes):
+            problems.append(f"training patients without _gt label files: {', '.join(no_gt[:5])}")
+    else:
+        unlabelled = len(vs.volumes) - len(labelled)
+    return {
+        "format": fmt,
+        "path": str(path),
+        "cases": len(vs.case_ids),
+        "labelled_volumes": len(labelled),
+        "unlabelled_frames": unlabelled,
+        "label_values": sorted(label_values),
+        "label_map": {str(k): v for k, v in vs.labels.items()},
+        "modality": vs.modality,
+        "spacing_mm": [[round(float(spacing[:, i].min()), 4), round(float(spacing[:, i].max()), 4)]
+                       for i in range(3)] if len(spacing) else [],
+        "shape_range": [[int(shapes[:, i].min()), int(shapes[:, i].max())] for i in range(3)] if len(shapes) else [],
+        "slices_labelled": int(slices_labelled),
+        "phases": dict(Counter(v.meta.get("phase") or "-" for v in vs.volumes)),
+        "groups": dict(Counter(v.meta.get("group") for v in vs.volumes if v.meta.get("phase") == "ED"))
+        if fmt == "acdc" else {},
+        "subsets": dict(Counter(v.meta.get("subset") or "-" for v in vs.volumes)),
+        "problems": problems,
+    }
+
+
+def format_summary(s: dict) -> str:
+    """Human-readable rendering of :func:`summarize`'s dict."""
+    lines = [
+        f"{s['path']}",
+        f"  format            {s['format']} ({s['modality']})",
+        f"  cases             {s['cases']}",
+        f"  labelled volumes  {s['labelled_volumes']} ({s['slices_labelled']} labelled slices)",
+        f"  unlabelled        {s['unlabelled_frames']} {'cine frames' if s['format'] == 'acdc' else 'volumes'}",
+        f"  label values      {s['label_values']}  (map: {s['label_map'] or 'none'})",
+    ]
+    if s["spacing_mm"]:
+        lines.append("  spacing (mm)      " + " × ".join(f"{lo:g}–{hi:g}" for lo, hi in s["spacing_mm"]))
+        lines.append("  shape (voxels)    " + " × ".join(f"{lo}–{hi}" for lo, hi in s["shape_range"]))
+    if s["groups"]:
+        lines.append("  groups            " + ", ".join(f"{k}: {v}" for k, v in sorted(s["groups"].items(), key=str)))
+    lines.append("  subsets           " + ", ".join(f"{k}: {v}" for k, v in s["subsets"].items()))
+    if s["problems"]:
+        lines.append(f"  problems ({len(s['problems'])}):")
+        lines += [f"    - {p}" for p in s["problems"]]
+    else:
+        lines.append("  problems          none")
+    return "\n".join(lines)
