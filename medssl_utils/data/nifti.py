@@ -81,6 +81,9 @@ def _read_cached(path: str, mtime_ns: int, size: int) -> np.ndarray:
     """Whole-file decode, cached so the frames of one 4D cine file are decoded once."""
     try:
         img = nib.load(path)
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable NIfTI file ({_reason(exc)})") from exc
+    try:
         data = np.asanyarray(img.dataobj)
     except (EOFError, zlib.error, OSError, ValueError) as exc:
         raise DataError(f"{path}: corrupt or truncated NIfTI data ({_reason(exc)})") from exc
