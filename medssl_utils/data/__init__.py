@@ -21,10 +21,12 @@ from medssl_utils.data.splits import (
     make_split,
     unlabelled_pool,
 )
+from medssl_utils.data.transforms import SegAugment, SSLAugment
 from medssl_utils.data.volume import Volume, VolumeSet
 
 __all__ = [
-    "DatasetSpec", "MultiDomainDataset", "Preprocessing", "SliceCache", "SliceDataset", "Split", "Volume",
+    "DatasetSpec", "MultiDomainDataset", "Preprocessing", "SSLAugment", "SegAugment", "SliceCache", "SliceDataset",
+    "Split", "Volume",
     "VolumeSet", "balanced_sampler", "budget_fraction", "budget_slices", "labelled_slices", "load_dataset",
     "make_split", "normalise_volume", "parse_spec", "restore_slices", "slice_cache", "unlabelled_pool",
 ]
