@@ -1,0 +1,144 @@
+"""BYOL: Bootstrap Your Own Latent (Grill et al., 2020), as Work A used it.
+
+An online network (encoder -> projector -> predictor) learns to predict, for each image,
+the projection that a slowly moving *target* network (a momentum copy of encoder ->
+projector) gives for the other augmented view. No negatives are needed.
+
+The building blocks are lightly's: :class:`~lightly.models.modules.BYOLProjectionHead`,
+:class:`~lightly.models.modules.BYOLPredictionHead`,
+:class:`~lightly.loss.NegativeCosineSimilarity`, :func:`~lightly.models.utils.update_momentum`
+and :func:`~lightly.utils.scheduler.cosine_schedule`.
+
+Typical use (the training loop owns the optimiser)::
+
+    unet = smp.Unet("tu-resnet50", encoder_weights=None, in_channels=1, classes=4)
+    byol = BYOL(unet.encoder, feature_dim=unet.encoder.out_channels[-1])   # 2048 -> 4096 -> 256
+    opt = torch.optim.AdamW([p for p in byol.parameters() if p.requires_grad])
+    for step, (view1, view2) in enumerate(batches):
+        loss, logs = byol(view1, view2)
+        loss.backward(); opt.step(); opt.zero_grad()
+        byol.update_target(step, total_steps)          # after every optimiser step
+
+``byol.encoder`` *is* ``unet.encoder`` (the same module), so the U-Net holds the
+pretrained online encoder after training.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from lightly.loss import NegativeCosineSimilarity
+from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
+from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.utils.scheduler import cosine_schedule
+from torch import nn
+
+from medssl_utils.errors import ParameterError
+from medssl_utils.models.ssl_common import check_dim, check_features, check_views, pooled
+
+__all__ = ["BYOL", "momentum_schedule"]
+
+
+def momentum_schedule(step: int, total_steps: int, base_momentum: float = 0.99, final_momentum: float = 1.0) -> float:
+    """Target momentum at ``step`` of ``total_steps``: cosine from ``base_momentum`` to ``final_momentum``.
+
+    With ``T = total_steps``, ``m0 = base_momentum``, ``m1 = final_momentum``::
+
+        m(step) = m1 - (m1 - m0) * (cos(pi * step / (T - 1)) + 1) / 2    for 0 <= step < T - 1
+        m(step) = m1                                                      for step >= T - 1
+
+    (lightly's ``cosine_schedule``.) So ``m(0) = 0.99``, ``m((T-1)/2) = 0.995`` and the last
+    step ``T - 1`` (and any later one, e.g. after a resume) gives ``1.0``. BYOL's paper writes
+    the same curve with ``k / K``; indexing steps 0..T-1 makes the last step reach ``m1``.
+    """
+    if not isinstance(total_steps, int) or isinstance(total_steps, bool) or total_steps < 1:
+        raise ParameterError(f"total_steps={total_steps!r} must be a positive int")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ParameterError(f"step={step!r} must be an int >= 0")
+    for name, m in (("base_momentum", base_momentum), ("final_momentum", final_momentum)):
+        if not isinstance(m, (int, float)) or isinstance(m, bool) or not 0.0 <= m <= 1.0:
+            raise ParameterError(f"{name}={m!r} must be a number in [0, 1]")
+    return cosine_schedule(min(step, total_steps), total_steps, float(base_momentum), float(final_momentum))
+
+
+class BYOL(nn.Module):
+    """BYOL over any encoder whose (last) output pools to ``feature_dim`` channels.
+
+    Args:
+        encoder: e.g. ``unet.encoder`` of an smp U-Net; called on ``(B, C, H, W)`` images,
+            it returns feature maps (a list; the last one is used) or features.
+        feature_dim: channels of the pooled representation (``unet.encoder.out_channels[-1]``:
+            512 for resnet18, 2048 for resnet50).
+        projection_dim: output of projector and predictor (Work A: 256).
+        hidden_dim: projector hidden width (Work A: 4096).
+        predictor_hidden_dim: predictor hidden width (Work A: 4096 or 8192).
+
+    Shapes: representation ``(B, feature_dim)`` -> projection ``(B, projection_dim)`` ->
+    prediction ``(B, projection_dim)``. Target encoder and projector are deep copies made
+    at construction, never receive gradients (``requires_grad=False``), and only change
+    through :meth:`update_target`.
+    """
+
+    def __init__(self, encoder: nn.Module, feature_dim: int, projection_dim: int = 256, hidden_dim: int = 4096,
+                 predictor_hidden_dim: int = 4096):
+        super().__init__()
+        self.feature_dim = check_dim("feature_dim", feature_dim)
+        check_dim("projection_dim", projection_dim)
+        check_dim("hidden_dim", hidden_dim)
+        check_dim("predictor_hidden_dim", predictor_hidden_dim)
+        self.encoder = encoder
+        self.projector = BYOLProjectionHead(feature_dim, hidden_dim, projection_dim)
+        self.predictor = BYOLPredictionHead(projection_dim, predictor_hidden_dim, projection_dim)
+        self.target_encoder = copy.deepcopy(encoder)
+        self.target_projector = copy.deepcopy(self.projector)
+        deactivate_requires_grad(self.target_encoder)
+        deactivate_requires_grad(self.target_projector)
+        self.criterion = NegativeCosineSimilarity()
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled online-encoder features ``(B, feature_dim)`` of images ``(B, C, H, W)``."""
+        return check_features(pooled(self.encoder(x)), self.feature_dim)
+
+    def _online(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.projector(self.embed(x))
+        return z, self.predictor(z)
+
+    @torch.no_grad()
+    def _target(self, x: torch.Tensor) -> torch.Tensor:
+        return self.target_projector(pooled(self.target_encoder(x)))
+
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Symmetric BYOL loss of two views ``(B, C, H, W)`` of the same B images (B >= 2).
+
+        ``loss = (ncs(p1, t2) + ncs(p2, t1)) / 2`` with ``ncs`` the mean negative cosine
+        similarity, ``p`` online predictions and ``t`` target projections (no gradient).
+        Its range is [-1, 1]; -1 means perfect agreement. (BYOL's paper writes the
+        equivalent ``2 - 2 cos``.)
+
+        Returns ``(loss, logs)``; ``logs`` holds detached 0-d tensors: ``loss`` and
+        ``z_std``, the per-dimension std of the L2-normalised online projections, a
+        collapse monitor (about ``1/sqrt(projection_dim)`` when healthy, 0 when collapsed).
+        """
+        check_views(view1, view2)
+        z1, p1 = self._online(view1)
+        z2, p2 = self._online(view2)
+        t1, t2 = self._target(view1), self._target(view2)
+        loss = 0.5 * (self.criterion(p1, t2) + self.criterion(p2, t1))
+        with torch.no_grad():
+            z_std = nn.functional.normalize(torch.cat([z1, z2]).float(), dim=1).std(dim=0).mean()
+        return loss, {"loss": loss.detach(), "z_std": z_std}
+
+    @torch.no_grad()
+    def update_target(self, step: int, total_steps: int, base_momentum: float = 0.99) -> float:
+        """Move the target towards the online network: ``target = m * target + (1 - m) * online``.
+
+        ``m = momentum_schedule(step, total_steps, base_momentum)`` (cosine, ``base_momentum``
+        -> 1.0; see :func:`momentum_schedule`). Call once after each optimiser step, ``step``
+        counting optimiser steps from 0. Parameters are averaged; the target's batch-norm
+        running statistics are its own (it runs in train mode on the views). Returns ``m``.
+        """
+        m = momentum_schedule(step, total_steps, base_momentum)
+        update_momentum(self.encoder, self.target_encoder, m)
+        update_momentum(self.projector, self.target_projector, m)
+        return m

@@ -1,0 +1,97 @@
+"""Small pieces shared by the self-supervised methods (BYOL, SimCLR, HSSL).
+
+- :func:`pooled` turns what an encoder returns into one vector per image.
+- :func:`check_views` validates a pair of augmented views before any model runs.
+- :func:`contrastive_accuracy` is a cheap progress signal for contrastive losses.
+- :func:`check_dim` / :func:`check_positive` validate constructor arguments.
+
+Every user-facing mistake raises :class:`~medssl_utils.errors.ParameterError`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from medssl_utils.errors import ParameterError
+
+__all__ = ["check_dim", "check_positive", "check_views", "contrastive_accuracy", "pooled"]
+
+
+def pooled(features: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    """One vector per image from an encoder's output.
+
+    ``features`` is either the list of feature maps an smp encoder returns (the last,
+    deepest one is used), a single feature map ``(B, C, H, W)`` (global-average-pooled),
+    or already pooled features ``(B, C)`` (returned unchanged). Returns ``(B, C)``.
+    """
+    if isinstance(features, (list, tuple)):
+        features = features[-1]
+    if features.dim() == 4:
+        return features.mean(dim=(2, 3))
+    if features.dim() == 2:
+        return features
+    raise ParameterError(
+        f"encoder output must be (B, C, H, W) feature maps or (B, C) features; got {tuple(features.shape)}"
+    )
+
+
+def check_features(features: torch.Tensor, feature_dim: int, what: str = "encoder") -> torch.Tensor:
+    """Raise a clear error when pooled ``features`` (B, C) do not have ``feature_dim`` channels."""
+    if features.shape[1] != feature_dim:
+        raise ParameterError(
+            f"feature_dim={feature_dim} but the {what} gives {features.shape[1]} channels; "
+            f"pass feature_dim=unet.encoder.out_channels[-1]"
+        )
+    return features
+
+
+def check_views(view1: torch.Tensor, view2: torch.Tensor) -> None:
+    """Both views must be float ``(B, C, H, W)`` of the same shape with ``B >= 2``.
+
+    Two images at least: the heads' batch norm and the contrastive negatives need a batch.
+    """
+    for name, v in (("view1", view1), ("view2", view2)):
+        if not isinstance(v, torch.Tensor) or v.dim() != 4 or not v.is_floating_point():
+            got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise ParameterError(f"{name} must be a float tensor (B, C, H, W); got {got}")
+    if view1.shape[0] != view2.shape[0]:
+        raise ParameterError(
+            f"view1 and view2 must hold the same images; got batch sizes {view1.shape[0]} and {view2.shape[0]}"
+        )
+    if view1.shape[0] < 2:
+        raise ParameterError(f"a batch of at least 2 images is needed; got {view1.shape[0]}")
+
+
+@torch.no_grad()
+def contrastive_accuracy(z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
+    """Fraction of the 2B embeddings whose nearest neighbour (cosine) is their other view.
+
+    z0, z1: ``(B, D)`` projections of the two views of the same B images. The candidates
+    for each embedding are the other 2B - 1 embeddings of this (local) batch, exactly the
+    choice NT-Xent scores. Returns a detached 0-d tensor in [0, 1]; chance is 1 / (2B - 1).
+    """
+    z = F.normalize(torch.cat([z0, z1]).float(), dim=1)
+    sim = z @ z.T
+    sim.fill_diagonal_(-math.inf)
+    b = z0.shape[0]
+    partner = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(z.device)
+    return (sim.argmax(dim=1) == partner).float().mean()
+
+
+def check_dim(name: str, value) -> int:
+    """A positive int (a layer width or a class count)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ParameterError(f"{name}={value!r} must be a positive int")
+    return value
+
+
+def check_positive(name: str, value) -> float:
+    """A finite number > 0 (a temperature)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if not ok:
+        raise ParameterError(f"{name}={value!r} must be a finite number > 0")
+    return float(value)
