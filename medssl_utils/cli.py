@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--cases", type=int, default=None, help="number of (training) cases per phantom")
     ph.add_argument("--seed", type=int, default=0)
     ph.set_defaults(func=_cmd_data_phantoms)
+
+    from medssl_utils.study import add_cli as add_study_cli
+
+    add_study_cli(sub)
+    from medssl_utils.report import add_cli as add_report_cli
+
+    add_report_cli(sub)
     return p
 
 

@@ -1,0 +1,104 @@
+"""A run directory (see docs/run-format.md): parameters, history, result, checkpoints.
+
+Every file is written atomically (temporary file in the same folder, then ``os.replace``),
+so an interrupted run never leaves a half-written ``result.json`` or ``history.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from medssl_utils.errors import ParameterError
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _clean(o):
+    """NaN/inf → None, so result.json stays strict JSON."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    return o
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(_clean(json.loads(json.dumps(obj, default=_json_default))), indent=2))
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class RunDir:
+    """Writer for one run directory."""
+
+    def __init__(self, path):
+        if path is None or str(path).strip() == "":
+            raise ParameterError("run_dir: expected a folder path for this run's outputs")
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+        self.rows: list[dict] = []
+
+    @property
+    def result_path(self) -> Path:
+        return self.path / "result.json"
+
+    def read_result(self) -> dict | None:
+        try:
+            return json.loads(self.result_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def read_params(self) -> dict | None:
+        try:
+            return json.loads((self.path / "params.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def write_params(self, params: dict) -> None:
+        write_json(self.path / "params.json", params)
+
+    def write_result(self, result: dict) -> None:
+        write_json(self.result_path, result)
+
+    def log(self, row: dict) -> None:
+        self.rows.append(row)
+
+    def flush_history(self) -> None:
+        if self.rows:
+            atomic_write_text(self.path / "history.csv", pd.DataFrame(self.rows).to_csv(index=False))
+
+    def load_history(self, up_to_step: int) -> None:
+        """Reload history rows of an interrupted run, keeping steps <= ``up_to_step``."""
+        f = self.path / "history.csv"
+        self.rows = []
+        if f.is_file():
+            df = pd.read_csv(f)
+            df = df[df["step"] <= up_to_step]
+            self.rows = [{k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))}
+                         for r in df.to_dict("records")]
