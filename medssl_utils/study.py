@@ -790,8 +790,11 @@ class PapermillExecutor:
     every kernel this executor has running, so Ctrl-C stops a study at once.
     """
 
-    def __init__(self, kernel_name: str = "python3"):
+    def __init__(self, kernel_name: str = "python3", threads: int | None = None):
         self.kernel_name = kernel_name
+        # CPU threads per kernel: with several kernels at once each gets its share of the cores,
+        # since OpenMP threads spin-waiting on oversubscribed cores make torch many times slower.
+        self.threads = threads
         self._live: set = set()
         self._lock = threading.Lock()
 
@@ -819,6 +822,9 @@ class PapermillExecutor:
                 with open(log_path, "ab") as log:  # the kernel process keeps its own descriptor
                     kw.setdefault("stdout", log)
                     kw.setdefault("stderr", log)
+                    if executor.threads:
+                        n = str(executor.threads)
+                        kw.setdefault("env", {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n})
                     await super().start_kernel(**kw)
                 with executor._lock:
                     executor._live.add(self)
@@ -947,7 +953,7 @@ def run_study(path: str | os.PathLike, workers: int = 1, dry_run: bool = False, 
         summary.outcomes = [outcomes[r.id] for r in order]
         print(format_plan(summary, problems), file=out)
         return summary
-    outcomes = _schedule(study, order, blocked, workers=workers, force=force, execute=execute or PapermillExecutor(),
+    outcomes = _schedule(study, order, blocked, workers=workers, force=force, execute=execute or PapermillExecutor(threads=max(1, (os.cpu_count() or 1) // max(workers, 1))),
                          progress=progress)
     summary.outcomes = [outcomes[r.id] for r in order]
     summary.seconds = time.perf_counter() - t0

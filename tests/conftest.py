@@ -14,10 +14,15 @@ from medssl_utils.data.nifti import write_nifti
 APPLEDOUBLE = bytes.fromhex("00051607") + b"\x00" * 80
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own cache folder unless a test sets its own."""
-    monkeypatch.setenv("MEDSSL_CACHE_DIR", str(tmp_path_factory.mktemp("medssl-cache")))
+@pytest.fixture(autouse=True, scope="session")
+def _session_cache(tmp_path_factory):
+    """One cache folder for the whole session, never the user's: generated phantoms and slice
+    caches are reused across tests (cache keys include each dataset's file paths and mtimes,
+    so tests writing their own datasets never collide)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MEDSSL_CACHE_DIR", str(tmp_path_factory.mktemp("medssl-cache")))
+    yield
+    mp.undo()
 
 
 def _blob_volume(rng, shape, n_labels):

@@ -1,0 +1,193 @@
+"""Training loops at toy size: determinism, resume == uninterrupted, refusals, outputs."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from medssl_utils import training
+from medssl_utils.errors import DataError, ParameterError
+from medssl_utils.models import load_checkpoint
+
+TINY = dict(encoder="test_resnet", image_size=32, decoder_channels=(16, 8, 8, 8, 8), progress=False, device="cpu")
+DATA = "phantom:cardiac?cases=4"
+
+
+def pre(run_dir, **kw):
+    args = dict(method="byol", datasets=[DATA], epochs=2, batch_size=48, max_steps=None, save_epochs=[1],
+                method_options=dict(hidden_dim=64, predictor_hidden_dim=64, projection_dim=16), optimizer="adamw",
+                knn_max_bank=64, knn_max_query=32, log_every=2, run_dir=str(run_dir), **TINY)
+    args.update(kw)
+    return training.pretrain(**args)
+
+
+def fin(run_dir, **kw):
+    args = dict(dataset=DATA, init="random", labelled_slices=6, max_steps=8, eval_every=4, batch_size=4, lr=1e-3,
+                run_dir=str(run_dir), **TINY)
+    args.update(kw)
+    return training.finetune(**args)
+
+
+def test_stream_batches_are_stateless_and_cover_epochs():
+    a = [training.stream_batch(10, 4, seed=3, step=s) for s in range(5)]
+    flat = np.concatenate(a)
+    assert sorted(flat[:10]) == list(range(10))  # first "epoch" is a permutation
+    assert (training.stream_batch(10, 4, seed=3, step=3) == a[3]).all()
+    assert not (training.stream_batch(10, 4, seed=4, step=0) == a[0]).all()
+    r0 = training.stream_batch(10, 2, 3, 0, rank=0, world=2)
+    r1 = training.stream_batch(10, 2, 3, 0, rank=1, world=2)
+    assert set(r0).isdisjoint(r1) and list(np.concatenate([r0, r1])) == list(a[0])
+
+
+def test_lr_schedule():
+    assert training.lr_at(0, 100, 1.0, 10) == pytest.approx(0.1)
+    assert training.lr_at(9, 100, 1.0, 10) == pytest.approx(1.0)
+    assert training.lr_at(55, 100, 1.0, 10) == pytest.approx(0.5)
+    assert training.lr_at(100, 100, 1.0, 10) == pytest.approx(0.0)
+
+
+def test_pretrain_outputs_lineage_and_reuse(tmp_path):
+    r = pre(tmp_path / "p")
+    assert r["status"] == "complete" and r["steps"] > 0
+    ck = load_checkpoint(r["checkpoint"])
+    assert ck["lineage"][-1]["method"] == "byol" and ck["lineage"][-1]["epochs"] == 2
+    assert ck["lineage"][-1]["pool"][DATA]["train_cases"]  # the patients it saw are recorded
+    assert set(r["checkpoints"]) == {"1"} and load_checkpoint(r["checkpoints"]["1"])["lineage"][-1]["epochs"] == 1
+    assert r["lineage_name"].endswith("2 ep)")
+    hist = pd.read_csv(tmp_path / "p" / "history.csv")
+    assert {"step", "loss", "lr", "momentum", "knn_acc"} <= set(hist.columns)
+    assert hist["momentum"].dropna().is_monotonic_increasing
+    again = pre(tmp_path / "p")  # finished: returned, not re-trained
+    assert again == json.loads((tmp_path / "p" / "result.json").read_text())
+    # a hierarchical chain names its stages from the file alone
+    r2 = pre(tmp_path / "p2", init=r["checkpoint"], epochs=1, save_epochs=[])
+    assert "BYOL" in r2["lineage_name"] and r2["lineage_name"].count("→") == 2
+
+
+def test_pretrain_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    full = pre(tmp_path / "full", save_epochs=[], knn_every=0)
+    real = training._check_finite
+    calls = {"n": 0}
+
+    def interrupt(loss, step, epoch=None):
+        calls["n"] += 1
+        if step == full["steps"] - 2:  # inside the last epoch: resume restarts from the epoch boundary
+            raise KeyboardInterrupt
+        return real(loss, step, epoch)
+
+    monkeypatch.setattr(training, "_check_finite", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        pre(tmp_path / "cut", save_epochs=[], knn_every=0)
+    assert (tmp_path / "cut" / "checkpoints" / "last.pt").is_file()
+    monkeypatch.setattr(training, "_check_finite", real)
+    resumed = pre(tmp_path / "cut", save_epochs=[], knn_every=0)
+    a, b = load_checkpoint(full["checkpoint"])["encoder"], load_checkpoint(resumed["checkpoint"])["encoder"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ha = pd.read_csv(tmp_path / "full" / "history.csv")
+    hb = pd.read_csv(tmp_path / "cut" / "history.csv")
+    np.testing.assert_allclose(ha["loss"].to_numpy(), hb["loss"].to_numpy())
+
+
+def test_finetune_outputs_and_determinism(tmp_path):
+    r = fin(tmp_path / "a")
+    assert r["status"] == "complete" and r["labelled_slices"] == 6
+    assert set(r["test"]["per_label"]) == {"RV", "MYO", "LV"} and 0 <= r["test"]["mean_dice"] <= 1
+    assert "work_a_mean_iou" in r["test"]["slice_iou"]
+    hist = pd.read_csv(tmp_path / "a" / "history.csv")
+    assert list(hist.dropna(subset=["val_dice"])["step"]) == [0, 4, 8]
+    metrics = pd.read_csv(tmp_path / "a" / "test_metrics.csv")
+    assert set(metrics["name"]) == {"RV", "MYO", "LV"} and set(metrics["phase"]) == {"ED", "ES"}
+    # predictions: ACDC naming, original grid and affine of the test volume
+    preds = sorted(p.name for p in (tmp_path / "a" / "predictions").iterdir())
+    assert preds == ["patient001_ED.nii.gz", "patient001_ES.nii.gz"]  # paper split: patient 1 is the test set
+    from medssl_utils.data import load_dataset
+
+    vol = next(v for v in load_dataset(DATA).volumes if v.volume_id == "patient001_ED")
+    img = nib.load(str(tmp_path / "a" / "predictions" / "patient001_ED.nii.gz"))
+    assert img.shape == vol.shape and np.allclose(img.affine, vol.affine)
+    # same seed, same result; another seed, another budget draw
+    b = fin(tmp_path / "b")
+    assert b["test"] == r["test"] and b["val_final_dice"] == r["val_final_dice"]
+
+
+def test_finetune_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    full = fin(tmp_path / "full")
+    real = training._check_finite
+
+    def interrupt(loss, step, epoch=None):
+        if step == 6:
+            raise KeyboardInterrupt
+        return real(loss, step, epoch)
+
+    monkeypatch.setattr(training, "_check_finite", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        fin(tmp_path / "cut")
+    monkeypatch.setattr(training, "_check_finite", real)
+    resumed = fin(tmp_path / "cut")
+    assert resumed["test"] == full["test"]
+    ha = pd.read_csv(tmp_path / "full" / "history.csv")
+    hb = pd.read_csv(tmp_path / "cut" / "history.csv")
+    np.testing.assert_allclose(ha["val_dice"].dropna(), hb["val_dice"].dropna())
+
+
+def test_nan_loss_stops_with_clear_error(tmp_path, monkeypatch):
+    import medssl_utils.losses as losses
+
+    class NaNLoss(torch.nn.Module):
+        def forward(self, logits, target):
+            return logits.mean() * float("nan")
+
+    monkeypatch.setattr(losses, "segmentation_loss", lambda *a, **k: NaNLoss())
+    with pytest.raises(training.TrainingError, match="the loss became nan at step 0"):
+        fin(tmp_path / "nan")
+    res = json.loads((tmp_path / "nan" / "result.json").read_text())
+    assert res["status"] == "failed" and "loss became nan" in res["error"]
+
+
+def test_parameter_errors(tmp_path):
+    with pytest.raises(ParameterError, match="method='mae'"):
+        training.PretrainConfig(method="mae", run_dir=str(tmp_path))
+    with pytest.raises(ParameterError, match="exactly one of labelled_slices"):
+        training.FinetuneConfig(labelled_slices=3, labelled_fraction=0.1, run_dir=str(tmp_path))
+    with pytest.raises(ParameterError, match="image_size=40: expected a multiple of 32"):
+        training.FinetuneConfig(labelled_slices=3, image_size=40, run_dir=str(tmp_path))
+    with pytest.raises(ParameterError, match="16-mixed' needs a GPU"):
+        training.make_fabric("cpu", "16-mixed")
+    with pytest.raises(DataError, match="does not exist"):
+        training.FinetuneConfig(labelled_slices=3, init="/nope/weights.pt", run_dir=str(tmp_path))
+    with pytest.raises(ParameterError, match="save_epochs"):
+        training.PretrainConfig(epochs=2, save_epochs=[5], run_dir=str(tmp_path))
+
+
+def test_unfinished_run_with_other_parameters_is_refused(tmp_path, monkeypatch):
+    real = training._check_finite
+
+    def interrupt(loss, step, epoch=None):
+        if step == 5:
+            raise KeyboardInterrupt
+        return real(loss, step, epoch)
+
+    monkeypatch.setattr(training, "_check_finite", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        fin(tmp_path / "r")
+    monkeypatch.setattr(training, "_check_finite", real)
+    with pytest.raises(ParameterError, match="holds an unfinished run with other parameters \\(lr\\)"):
+        fin(tmp_path / "r", lr=5e-4)
+
+
+def test_leakage_refused(tmp_path):
+    p = pre(tmp_path / "p", epochs=1, save_epochs=[], knn_every=0)
+    fin(tmp_path / "ok", init=p["checkpoint"], max_steps=2, eval_every=2)  # same split: fine
+    # a random split that tests on a patient the pretraining pool held must be refused
+    from medssl_utils.data import load_dataset, make_split, slice_cache
+
+    seen = set(load_checkpoint(p["checkpoint"])["lineage"][-1]["pool"][DATA]["train_cases"])
+    index = slice_cache(load_dataset(DATA).labelled(), image_size=32).index
+    seed = next(s for s in range(50) if seen & set(make_split(index, "random", seed=s).test))
+    with pytest.raises(DataError, match="including patients that this run validates or tests on"):
+        fin(tmp_path / "leak", init=p["checkpoint"], split="random", split_seed=seed, max_steps=2, eval_every=2)
