@@ -1,0 +1,83 @@
+"""Every notebook executed with papermill at toy size, and stored without outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import papermill as pm
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
+def test_committed_without_outputs_and_with_parameters(path):
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "clear outputs"
+    assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in code)
+    first = nb["cells"][0]
+    assert first["cell_type"] == "markdown" and "".join(first["source"]).startswith("# ")  # a title first
+
+
+def run(name, tmp_path, **parameters):
+    out = tmp_path / name
+    pm.execute_notebook(str(NOTEBOOKS / name), str(out), parameters=parameters, cwd=str(tmp_path),
+                        kernel_name="python3", progress_bar=False)
+    return json.loads(out.read_text())
+
+
+def test_explore_data_toy(tmp_path):
+    nb = run("00_explore_data.ipynb", tmp_path, dataset="phantom:cardiac?cases=3", image_size=32, n_views=2,
+             gallery=["phantom:cardiac?cases=3", "phantom:abdomen-ct?cases=2", "phantom:brain-mr?cases=2",
+                      "phantom:prostate-mr?cases=2", "natural?quadrants=0"])
+    outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 5  # strip, histograms, gallery, views, seg aug
+    text = "".join("".join(o.get("text", "")) for o in outputs)
+    assert "format            acdc" in text and "tasks" in text
+
+
+def test_explore_data_rejects_bad_parameter(tmp_path):
+    with pytest.raises(pm.PapermillExecutionError, match=r"dataset: .*unknown kind 'dicom'"):
+        run("00_explore_data.ipynb", tmp_path, dataset="dicom:/x")
+
+
+TOY = dict(encoder="test_resnet", image_size=32, decoder_channels=[16, 8, 8, 8, 8], device="cpu")
+CARDIAC = "phantom:cardiac?cases=4"
+
+
+def _images(nb) -> int:
+    return sum("image/png" in o.get("data", {}) for c in nb["cells"] if c["cell_type"] == "code"
+               for o in c.get("outputs", []))
+
+
+def test_pretrain_finetune_analysis_toy(tmp_path):
+    pre_dir = tmp_path / "results" / "pretrain" / "byol-cardiac"
+    nb = run("01_pretrain.ipynb", tmp_path, method="byol", datasets=[CARDIAC], epochs=2, batch_size=48,
+             save_epochs=[1], method_options={"hidden_dim": 64, "predictor_hidden_dim": 64, "projection_dim": 16},
+             optimizer="adamw", run_dir=str(pre_dir), **TOY)
+    assert _images(nb) >= 2 and json.loads((pre_dir / "result.json").read_text())["status"] == "complete"
+    ckpt = str(pre_dir / "checkpoints" / "final.pt")
+    for strategy, init in (("random", "random"), ("byol-cardiac", ckpt)):
+        for seed in (0, 1):
+            ft_dir = tmp_path / "results" / "finetune" / strategy / "n6" / f"seed{seed}"
+            nb = run("02_finetune.ipynb", tmp_path, dataset=CARDIAC, init=init, labelled_slices=6, max_steps=6,
+                     eval_every=3, batch_size=4, lr=1e-3, seed=seed, run_dir=str(ft_dir), **TOY)
+            result = json.loads((ft_dir / "result.json").read_text())
+            assert result["status"] == "complete" and _images(nb) >= 3
+    assert "BYOL" in result["lineage_name"]
+    nb = run("03_analysis.ipynb", tmp_path, results_dir=str(tmp_path / "results"))
+    report_dir = tmp_path / "results" / "report"
+    assert (report_dir / "report.html").is_file() and _images(nb) >= 1
+    assert (report_dir / "tables" / "steps_to_target.csv").is_file()
+
+
+@pytest.mark.parametrize("name,params,message", [
+    ("01_pretrain.ipynb", {"method": "mae"}, r"method='mae' is not allowed"),
+    ("02_finetune.ipynb", {"labelled_fraction": 0.1}, r"exactly one of labelled_slices"),
+    ("03_analysis.ipynb", {"target": 1.5}, r"target=1.5: expected a fraction"),
+])
+def test_notebooks_reject_bad_parameters(tmp_path, name, params, message):
+    with pytest.raises(pm.PapermillExecutionError, match=message):
+        run(name, tmp_path, run_dir=str(tmp_path / "r"), **params)
