@@ -1,6 +1,6 @@
 # medssl — the two commands. Each creates the virtual environment when it is missing.
 #   make test    unit tests + every notebook executed with papermill at toy size
-#   make study   the quick study (coming with the study runner)
+#   make study   the quick study end to end (studies/quick.yaml), then its report
 # VENV may point anywhere (CI keeps it under ~/.cache so it is reused between clones).
 
 VENV ?= .venv
@@ -31,8 +31,12 @@ venv: $(STAMP)
 test: venv
 	$(PY) -m pytest -q
 
+STUDY ?= studies/quick.yaml
+WORKERS ?= 2
+
 study: venv
-	@echo "make study: the study runner (issue #4) is not built yet; see README 'Status'." >&2; exit 2
+	$(VENV)/bin/medssl study run $(STUDY) --workers $(WORKERS)
+	$(VENV)/bin/medssl report results/$(basename $(notdir $(STUDY)))
 
 benchmarks: venv
 	$(PY) benchmarks/data.py

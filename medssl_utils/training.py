@@ -365,6 +365,28 @@ def _unwrap(module):
     return getattr(module, "module", module)
 
 
+def _run(cfg, kind: str, body) -> dict:
+    """Prepare the run directory, return a finished result as is, else run ``body``; a failure
+    is recorded in ``result.json`` (status ``failed``, one-line error) and re-raised."""
+    rd, done = _prepare_run(cfg, kind)
+    if done:
+        return done
+    t0 = time.perf_counter()
+    try:
+        return body(cfg, rd, t0)
+    except (MedsslError, RuntimeError, ValueError) as exc:
+        _fail(rd, kind, exc, t0)
+        raise
+
+
+def _optimise(fabric, model, optimizer, loss, grad_clip: float) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    fabric.backward(loss)
+    if grad_clip:
+        fabric.clip_gradients(model, optimizer, max_norm=grad_clip)
+    optimizer.step()
+
+
 def _fail(rd: RunDir, kind: str, exc: BaseException, t0: float) -> None:
     rd.flush_history()
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -442,16 +464,7 @@ def _build_ssl(cfg: PretrainConfig, unet, data: PretrainData):
 
 def pretrain(cfg: PretrainConfig | None = None, **params) -> dict:
     """Run (or resume, or return the finished) pretraining described by ``cfg`` / ``params``."""
-    cfg = cfg or PretrainConfig(**params)
-    rd, done = _prepare_run(cfg, "pretrain")
-    if done:
-        return done
-    t0 = time.perf_counter()
-    try:
-        return _pretrain(cfg, rd, t0)
-    except (MedsslError, RuntimeError, ValueError) as exc:
-        _fail(rd, "pretrain", exc, t0)
-        raise
+    return _run(cfg or PretrainConfig(**params), "pretrain", _pretrain)
 
 
 def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
@@ -532,11 +545,7 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
                 loss, logs = model(v1, v2)
             epoch = step // steps_per_epoch + 1
             _check_finite(loss, step, epoch)
-            optimizer.zero_grad(set_to_none=True)
-            fabric.backward(loss)
-            if cfg.grad_clip:
-                fabric.clip_gradients(model, optimizer, max_norm=cfg.grad_clip)
-            optimizer.step()
+            _optimise(fabric, model, optimizer, loss, cfg.grad_clip)
             momentum = _unwrap(model).update_target(step, total) if cfg.method == "byol" else None
             run_loss += float(loss.detach())
             run_n += 1
@@ -723,16 +732,7 @@ def _test(model, data: FinetuneData, cfg: FinetuneConfig, rd: RunDir, device) ->
 
 def finetune(cfg: FinetuneConfig | None = None, **params) -> dict:
     """Run (or resume, or return the finished) fine-tuning described by ``cfg`` / ``params``."""
-    cfg = cfg or FinetuneConfig(**params)
-    rd, done = _prepare_run(cfg, "finetune")
-    if done:
-        return done
-    t0 = time.perf_counter()
-    try:
-        return _finetune(cfg, rd, t0)
-    except (MedsslError, RuntimeError, ValueError) as exc:
-        _fail(rd, "finetune", exc, t0)
-        raise
+    return _run(cfg or FinetuneConfig(**params), "finetune", _finetune)
 
 
 def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
@@ -799,11 +799,7 @@ def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
                 x = x.contiguous(memory_format=torch.channels_last)
             loss = loss_fn(model(x), y)
             _check_finite(loss, step)
-            optimizer.zero_grad(set_to_none=True)
-            fabric.backward(loss)
-            if cfg.grad_clip:
-                fabric.clip_gradients(model, optimizer, max_norm=cfg.grad_clip)
-            optimizer.step()
+            _optimise(fabric, model, optimizer, loss, cfg.grad_clip)
             run_loss += float(loss.detach())
             run_n += 1
             images += x.shape[0] * fabric.world_size

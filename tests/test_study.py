@@ -357,7 +357,7 @@ def test_status_lists_states(tmp_path, nbs, capsys):
 
 def test_cli_run_exit_status_and_options(tmp_path, nbs, capsys, monkeypatch):
     monkeypatch.setattr(st, "timm_weights_available", offline)
-    monkeypatch.setattr(st, "PapermillExecutor", lambda: in_process)
+    monkeypatch.setattr(st, "PapermillExecutor", lambda **kw: in_process)
     path = make_study(tmp_path, nbs, **FAILING)
     parser = argparse.ArgumentParser()
     st.add_cli(parser.add_subparsers(dest="command"))

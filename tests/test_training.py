@@ -191,3 +191,12 @@ def test_leakage_refused(tmp_path):
     seed = next(s for s in range(50) if seen & set(make_split(index, "random", seed=s).test))
     with pytest.raises(DataError, match="including patients that this run validates or tests on"):
         fin(tmp_path / "leak", init=p["checkpoint"], split="random", split_seed=seed, max_steps=2, eval_every=2)
+
+
+def test_bf16_and_channels_last_paths_run_on_cpu(tmp_path):
+    r = fin(tmp_path / "bf16", precision="bf16-mixed", channels_last=True, max_steps=2, eval_every=2)
+    assert r["status"] == "complete" and r["precision"] == "bf16-mixed"
+    assert np.isfinite(pd.read_csv(tmp_path / "bf16" / "history.csv")["loss"].dropna()).all()
+    p = pre(tmp_path / "pbf16", precision="bf16-mixed", channels_last=True, epochs=1, max_steps=2, save_epochs=[],
+            knn_every=0)
+    assert p["status"] == "complete" and np.isfinite(p["final_loss"])
