@@ -55,14 +55,19 @@ def now() -> str:
 
 
 class RunDir:
-    """Writer for one run directory."""
+    """Writer for one run directory.
 
-    def __init__(self, path):
+    ``writer=False`` (the non-zero ranks of a multi-process run) keeps the history in memory
+    but writes nothing: one process, rank 0, owns the files.
+    """
+
+    def __init__(self, path, writer: bool = True):
         if path is None or str(path).strip() == "":
             raise ParameterError("run_dir: expected a folder path for this run's outputs")
         self.path = Path(path)
         self.checkpoints = self.path / "checkpoints"
         self.rows: list[dict] = []
+        self.writer = writer
 
     @property
     def result_path(self) -> Path:
@@ -81,16 +86,22 @@ class RunDir:
             return None
 
     def write_params(self, params: dict) -> None:
-        write_json(self.path / "params.json", params)
+        if self.writer:
+            write_json(self.path / "params.json", params)
 
     def write_result(self, result: dict) -> None:
-        write_json(self.result_path, result)
+        if self.writer:
+            write_json(self.result_path, result)
+
+    def write_text(self, name: str, text: str) -> None:
+        if self.writer:
+            atomic_write_text(self.path / name, text)
 
     def log(self, row: dict) -> None:
         self.rows.append(row)
 
     def flush_history(self) -> None:
-        if self.rows:
+        if self.rows and self.writer:
             atomic_write_text(self.path / "history.csv", pd.DataFrame(self.rows).to_csv(index=False))
 
     def load_history(self, up_to_step: int) -> None:

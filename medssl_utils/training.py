@@ -23,6 +23,14 @@ image/mask augmentation, Dice+CE or Jaccard loss, validation Dice every ``eval_e
 steps; at the end every test volume is predicted slice by slice, mapped back onto its
 original voxel grid and scored per structure (Dice, HD, HD95 in mm; per-slice IoU); the
 predictions are written as NIfTI with the original affine and ACDC naming.
+
+Several processes (``devices=N``, DDP; gloo on CPU, NCCL on GPUs): ``batch_size`` is per
+process, so one step sees N × batch_size slices — process r takes its own share of the same
+seeded global batch — and an epoch has N times fewer steps. Fabric starts the extra processes
+by re-running the calling script, so multi-process runs start from a script, not a notebook.
+Rank 0 alone writes the run directory; rank 0 prepares the data first and the others then
+read its caches; logged losses are means over the processes; at the end the processes
+compare their weights and the run fails if they differ.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,6 +211,12 @@ class FinetuneConfig(_Common):
 
 
 # ----------------------------------------------------------------------------- shared pieces
+def _in_notebook_kernel() -> bool:
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if hasattr(ipython, "get_ipython") else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
 def make_fabric(device: str = "auto", precision: str = "32", devices: int = 1):
     """A lightning Fabric for ``device`` (auto|cpu|cuda) and ``precision``, launched."""
     from lightning_fabric import Fabric
@@ -215,6 +230,13 @@ def make_fabric(device: str = "auto", precision: str = "32", devices: int = 1):
     accel = "cuda" if (device == "cuda" or (device == "auto" and cuda)) else "cpu"
     if accel == "cpu" and prec == "16-mixed":
         raise ParameterError("precision='16-mixed' needs a GPU; on CPU use '32' or 'bf16-mixed'")
+    if devices > 1:
+        from lightning_fabric.utilities.imports import _IS_INTERACTIVE
+
+        if _IS_INTERACTIVE or _in_notebook_kernel():
+            raise ParameterError(f"devices={devices}: multi-process (DDP) training starts one process per device by "
+                                 "re-running the calling script, which a notebook kernel cannot do; run it from a "
+                                 "Python script (README: GPU notes) or use devices=1 here")
     strategy = "ddp" if devices > 1 else "auto"
     fabric = Fabric(accelerator=accel, devices=devices, precision=prec, strategy=strategy)
     fabric.launch()
@@ -318,9 +340,21 @@ def _resolve_split(vs_format: str, split: str) -> str:
     return ("paper" if vs_format == "acdc" else "random") if split == "auto" else split
 
 
+def _launcher_rank_zero() -> bool:
+    """False in the extra processes a DDP launcher starts (they must not write the run's files).
+
+    Called before Fabric exists: Fabric's launcher, torchrun and SLURM all set these variables
+    in the processes they start; a plain process has none of them and is rank 0.
+    """
+    return all(int(os.environ.get(k, "0") or 0) == 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
 def _prepare_run(cfg, kind: str) -> tuple[RunDir, dict | None]:
-    """Create/inspect the run directory. Returns (rundir, finished result or None)."""
-    rd = RunDir(cfg.run_dir)
+    """Create/inspect the run directory. Returns (rundir, finished result or None).
+
+    Only the writing process (rank 0) changes anything on disk; the others just look.
+    """
+    rd = RunDir(cfg.run_dir, writer=_launcher_rank_zero())
     params = {**cfg.as_params(), "kind": kind, "medssl_version": __version__}
     old = rd.read_result()
     if old and old.get("status") == "complete" and not cfg.overwrite:
@@ -334,6 +368,8 @@ def _prepare_run(cfg, kind: str) -> tuple[RunDir, dict | None]:
         if changed:
             raise ParameterError(f"run_dir={cfg.run_dir} holds an unfinished run with other parameters "
                                  f"({', '.join(changed)}); use another run_dir or overwrite=True")
+    if not rd.writer:
+        return rd, None
     if cfg.overwrite and rd.path.exists():
         for f in ("result.json", "history.csv", "test_metrics.csv"):
             (rd.path / f).unlink(missing_ok=True)
@@ -385,6 +421,29 @@ def _optimise(fabric, model, optimizer, loss, grad_clip: float) -> None:
     if grad_clip:
         fabric.clip_gradients(model, optimizer, max_norm=grad_clip)
     optimizer.step()
+
+
+def _mean_over_ranks(fabric, value: float) -> float:
+    """A logged number averaged over the processes (each saw its own share of the batch)."""
+    if fabric.world_size == 1:
+        return value
+    return float(fabric.all_reduce(torch.tensor(float(value), dtype=torch.float64), reduce_op="mean"))
+
+
+def _check_ranks_in_sync(fabric, module) -> None:
+    """After multi-process training every process must hold the same weights; say so if not.
+
+    Parameters only: BatchNorm running statistics are per process between forwards (DDP
+    copies rank 0's at each forward), and rank 0's are the ones saved.
+    """
+    if fabric.world_size == 1:
+        return
+    sums = torch.stack([p.detach().double().sum() for p in module.parameters()]).to(fabric.device)
+    every = fabric.all_gather(sums)  # (world, n)
+    spread = float((every - every[0]).abs().max())
+    if not spread <= 1e-9 * max(1.0, float(every.abs().max())):
+        raise TrainingError(f"the {fabric.world_size} processes ended with different weights (largest difference "
+                            f"of a tensor's sum: {spread:.3g}); their gradient exchange did not work")
 
 
 def _fail(rd: RunDir, kind: str, exc: BaseException, t0: float) -> None:
@@ -472,7 +531,8 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
     from medssl_utils.models import build_unet, decoder_state, describe_lineage, encoder_state, save_checkpoint
 
     fabric = make_fabric(cfg.device, cfg.precision, cfg.devices)
-    data = prepare_pretrain_data(cfg)
+    with fabric.rank_zero_first():  # rank 0 builds phantoms/slice caches; the others then read them
+        data = prepare_pretrain_data(cfg)
     n = len(data.dataset)
     steps_per_epoch = n // (cfg.batch_size * fabric.world_size)
     if steps_per_epoch < 1:
@@ -528,7 +588,8 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
         if acc is not None:
             rd.log({"step": 0, "epoch": 0, "time_s": 0.0, "knn_acc": acc})
     bar = progress(total, f"pretrain {cfg.method}", cfg.progress, initial=start)
-    train_time, images, run_loss, run_n = 0.0, 0, 0.0, 0
+    # images/s and train_s count training only: the clock pauses for checkpoints and k-NN probes
+    train_time, window, images, run_loss, run_n = 0.0, 0.0, 0, 0.0, 0
     tick = time.perf_counter()
     step = start
     try:
@@ -553,19 +614,20 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
             bar.update(1)
             done = step + 1
             if done % cfg.log_every == 0 or done == total:
-                el = time.perf_counter() - tick
+                el = window + time.perf_counter() - tick
                 train_time += el
                 row = {"step": done, "epoch": done / steps_per_epoch, "time_s": round(time.perf_counter() - t0, 3),
-                       "loss": run_loss / run_n, "lr": optimizer.param_groups[0]["lr"],
+                       "loss": _mean_over_ranks(fabric, run_loss / run_n), "lr": optimizer.param_groups[0]["lr"],
                        "images_per_s": images / el if el > 0 else None}
                 if momentum is not None:
                     row["momentum"] = momentum
                 row.update({k: float(v) for k, v in logs.items() if k != "loss"})
                 rd.log(row)
                 bar.set_postfix_str(f"loss {row['loss']:.4f}")
-                run_loss, run_n, images = 0.0, 0, 0
+                run_loss, run_n, images, window = 0.0, 0, 0, 0.0
                 tick = time.perf_counter()
             if done % steps_per_epoch == 0 or done == total:
+                window += time.perf_counter() - tick
                 ep = done // steps_per_epoch
                 if done % steps_per_epoch == 0 and ep in cfg.save_epochs:
                     checkpoints[str(ep)] = save_medssl(rd.checkpoints / f"epoch_{ep}.pt", ep)
@@ -583,6 +645,7 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
         raise
     finally:
         bar.close()
+    _check_ranks_in_sync(fabric, _unwrap(model))
     epochs_done = total / steps_per_epoch
     final = save_medssl(rd.checkpoints / "final.pt", round(epochs_done, 3) if epochs_done % 1 else int(epochs_done))
     rd.flush_history()
@@ -598,9 +661,9 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
                 "last": knn_values[-1] if knn_values else None},
         "final_loss": next((r["loss"] for r in reversed(rd.rows) if "loss" in r), None),
         "timings": {"total_s": round(time.perf_counter() - t0, 2), "train_s": round(train_time, 2),
-                    "images_per_s": round(total * cfg.batch_size * fabric.world_size / train_time, 1)
+                    "images_per_s": round((total - start) * cfg.batch_size * fabric.world_size / train_time, 1)
                     if train_time else None},
-        "device": str(fabric.device), "precision": PRECISIONS[str(cfg.precision)],
+        "device": str(fabric.device), "devices": fabric.world_size, "precision": PRECISIONS[str(cfg.precision)],
     }
     if fabric.is_global_zero:
         rd.write_result(result)
@@ -710,7 +773,7 @@ def _test(model, data: FinetuneData, cfg: FinetuneConfig, rd: RunDir, device) ->
                          "label": lab, "name": labels[lab],
                          **{k: m[k] for k in ("dice", "hd", "hd95", "gt_empty", "pred_empty")}})
         ious.append(slice_iou(pred, gt, all_labels, axis=-1))
-        if cfg.save_predictions:
+        if cfg.save_predictions and rd.writer:
             write_nifti(rd.path / "predictions" / f"{vol.volume_id}.nii.gz", pred, vol.spacing, affine=vol.affine)
     import pandas as pd
 
@@ -743,7 +806,8 @@ def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
     from medssl_utils.models.init import check_init
 
     fabric = make_fabric(cfg.device, cfg.precision, cfg.devices)
-    data = prepare_finetune_data(cfg)
+    with fabric.rank_zero_first():
+        data = prepare_finetune_data(cfg)
     kind, path = check_init(cfg.init)
     load_decoder = cfg.load_decoder
     if load_decoder == "auto":
@@ -763,6 +827,7 @@ def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
     aug = SegAugment(output_size=cfg.image_size, **cfg.augment)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(cfg.max_steps // 20, 0)
     ds = SliceDataset(data.cache, data.train_rows)
+    global_batch = cfg.batch_size * fabric.world_size  # batch_size is per process
     start = 0
     last = rd.checkpoints / "last.pt"
     if last.is_file():
@@ -778,7 +843,7 @@ def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
     def validate(step: int) -> dict:
         te = time.perf_counter()
         dice = _evaluate_val(model, data.cache, data.val_rows, num_classes, cfg.eval_batch_size, fabric.device)
-        row = {"step": step, "epoch": step * cfg.batch_size / len(ds), "time_s": round(time.perf_counter() - t0, 3),
+        row = {"step": step, "epoch": step * global_batch / len(ds), "time_s": round(time.perf_counter() - t0, 3),
                "val_dice": float(np.mean(dice[1:])), **{f"val_dice_{n}": float(d) for n, d in zip(names, dice[1:])}}
         nonlocal eval_time
         eval_time += time.perf_counter() - te
@@ -808,8 +873,8 @@ def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
             if done % cfg.log_every == 0 or done % cfg.eval_every == 0 or done == cfg.max_steps:
                 el = time.perf_counter() - tick
                 train_time += el
-                row = {"step": done, "epoch": done * cfg.batch_size / len(ds),
-                       "time_s": round(time.perf_counter() - t0, 3), "loss": run_loss / run_n,
+                row = {"step": done, "epoch": done * global_batch / len(ds),
+                       "time_s": round(time.perf_counter() - t0, 3), "loss": _mean_over_ranks(fabric, run_loss / run_n),
                        "lr": optimizer.param_groups[0]["lr"], "images_per_s": images / el if el > 0 else None}
                 if done % cfg.eval_every == 0 or done == cfg.max_steps:
                     row.update({k: v for k, v in validate(done).items() if k.startswith("val_")})
@@ -827,29 +892,28 @@ def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
         raise
     finally:
         bar.close()
+    _check_ranks_in_sync(fabric, _unwrap(model))
     te = time.perf_counter()
     test, rows = _test(_unwrap(model), data, cfg, rd, fabric.device)
     test_time = time.perf_counter() - te
     import pandas as pd
 
-    from medssl_utils.rundir import atomic_write_text
-
-    atomic_write_text(rd.path / "test_metrics.csv", pd.DataFrame(rows).to_csv(index=False))
+    rd.write_text("test_metrics.csv", pd.DataFrame(rows).to_csv(index=False))
     rd.flush_history()
     vals = [r["val_dice"] for r in rd.rows if r.get("val_dice") is not None]
     result = {
         "status": "complete", "kind": "finetune", "error": None, "dataset": cfg.dataset, "init": cfg.init,
         "lineage": lineage, "lineage_name": describe_lineage(lineage), "load_decoder": bool(load_decoder),
-        "steps": cfg.max_steps, "epochs": cfg.max_steps * cfg.batch_size / len(ds),
+        "steps": cfg.max_steps, "epochs": cfg.max_steps * global_batch / len(ds),
         "labelled_slices": int(len(data.train_rows)), "labelled_fraction": cfg.labelled_fraction,
         "labelled_patients": int(data.cache.index.loc[data.train_rows, "case_id"].nunique()),
         "seed": cfg.seed, "split": data.split.scheme, "test": test,
         "val_final_dice": vals[-1] if vals else None, "val_best_dice": max(vals) if vals else None,
         "timings": {"total_s": round(time.perf_counter() - t0, 2), "train_s": round(train_time, 2),
                     "eval_s": round(eval_time + test_time, 2),
-                    "images_per_s": round((cfg.max_steps - start) * cfg.batch_size / train_time, 1)
+                    "images_per_s": round((cfg.max_steps - start) * global_batch / train_time, 1)
                     if train_time else None},
-        "device": str(fabric.device), "precision": PRECISIONS[str(cfg.precision)],
+        "device": str(fabric.device), "devices": fabric.world_size, "precision": PRECISIONS[str(cfg.precision)],
     }
     if fabric.is_global_zero:
         rd.write_result(result)

@@ -69,6 +69,33 @@ def test_pretrain_outputs_lineage_and_reuse(tmp_path):
     assert "BYOL" in r2["lineage_name"] and r2["lineage_name"].count("→") == 2
 
 
+def test_pretrain_throughput_counts_training_time_only(tmp_path, monkeypatch):
+    """A fake clock: each optimiser step takes 1 s, each checkpoint 100 s, each k-NN probe 50 s.
+    Logging windows span epoch boundaries (3 steps per epoch, a row every 2 steps)."""
+    import medssl_utils.models.knn as knn
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(training.time, "perf_counter", lambda: clock["t"])
+
+    def costs(fn, seconds):
+        def wrapped(*a, **k):
+            clock["t"] += seconds
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(training, "_optimise", costs(training._optimise, 1.0))
+    monkeypatch.setattr(training, "_save_state", costs(training._save_state, 100.0))
+    monkeypatch.setattr(knn, "knn_probe", costs(knn.knn_probe, 50.0))
+    r = pre(tmp_path / "p", batch_size=96, epochs=3, log_every=2, knn_every=1)
+    n_steps = r["steps"]
+    assert n_steps == 9  # windows 1-2, 3-4 (crosses the epoch end at 3), ..., 9 (short, last)
+    hist = pd.read_csv(tmp_path / "p" / "history.csv").dropna(subset=["images_per_s"])
+    assert list(hist["images_per_s"]) == pytest.approx([96.0] * len(hist))  # 96 images per training second
+    assert r["timings"]["train_s"] == pytest.approx(n_steps)
+    assert r["timings"]["images_per_s"] == pytest.approx(96.0)
+    assert r["timings"]["total_s"] > n_steps + 100  # the pauses happened, and were left out
+
+
 def test_pretrain_resume_equals_uninterrupted(tmp_path, monkeypatch):
     full = pre(tmp_path / "full", save_epochs=[], knn_every=0)
     real = training._check_finite
