@@ -149,7 +149,10 @@ def _legend(fig: Figure, palette: dict, labels: dict | None = None, **style) -> 
     style = style or {"lw": 6}
     handles = [Line2D([], [], color=c, **style) for c in palette.values()]
     names = [labels.get(s, s) if labels else s for s in palette]
-    fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), 3), fontsize=8, frameon=False)
+    # as many columns as fit the figure's width (about 6 px per character at fontsize 8, 100 dpi)
+    fit = int(fig.get_figwidth() * 100 / 6 // (max(len(n) for n in names) + 5)) if names else 1
+    fig.legend(handles, names, loc="outside lower center", ncols=max(1, min(len(names), 3, fit)), fontsize=8,
+               frameon=False)
 
 
 def _fmt(value, digits: int = 3, scale: float = 1.0) -> str:
@@ -623,7 +626,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")  # nothing clipped at the edges
     return buf.getvalue()
 
 
