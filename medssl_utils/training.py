@@ -665,8 +665,7 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
                     if train_time else None},
         "device": str(fabric.device), "devices": fabric.world_size, "precision": PRECISIONS[str(cfg.precision)],
     }
-    if fabric.is_global_zero:
-        rd.write_result(result)
+    rd.write_result(result)  # rank 0 only (RunDir.writer)
     return result
 
 
@@ -915,8 +914,7 @@ def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
                     if train_time else None},
         "device": str(fabric.device), "devices": fabric.world_size, "precision": PRECISIONS[str(cfg.precision)],
     }
-    if fabric.is_global_zero:
-        rd.write_result(result)
+    rd.write_result(result)  # rank 0 only (RunDir.writer)
     return result
 
 

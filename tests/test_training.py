@@ -33,6 +33,23 @@ def fin(run_dir, **kw):
     return training.finetune(**args)
 
 
+def interrupted(monkeypatch, at_step: int, run) -> None:
+    """Call ``run()`` with a KeyboardInterrupt raised at training step ``at_step`` (then undone)."""
+    real = training._check_finite
+
+    def interrupt(loss, step, epoch=None):
+        if step == at_step:
+            raise KeyboardInterrupt
+        return real(loss, step, epoch)
+
+    monkeypatch.setattr(training, "_check_finite", interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run()
+    finally:
+        monkeypatch.setattr(training, "_check_finite", real)
+
+
 def test_stream_batches_are_stateless_and_cover_epochs():
     a = [training.stream_batch(10, 4, seed=3, step=s) for s in range(5)]
     flat = np.concatenate(a)
@@ -98,20 +115,9 @@ def test_pretrain_throughput_counts_training_time_only(tmp_path, monkeypatch):
 
 def test_pretrain_resume_equals_uninterrupted(tmp_path, monkeypatch):
     full = pre(tmp_path / "full", save_epochs=[], knn_every=0)
-    real = training._check_finite
-    calls = {"n": 0}
-
-    def interrupt(loss, step, epoch=None):
-        calls["n"] += 1
-        if step == full["steps"] - 2:  # inside the last epoch: resume restarts from the epoch boundary
-            raise KeyboardInterrupt
-        return real(loss, step, epoch)
-
-    monkeypatch.setattr(training, "_check_finite", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        pre(tmp_path / "cut", save_epochs=[], knn_every=0)
+    # inside the last epoch: resume restarts from the epoch boundary
+    interrupted(monkeypatch, full["steps"] - 2, lambda: pre(tmp_path / "cut", save_epochs=[], knn_every=0))
     assert (tmp_path / "cut" / "checkpoints" / "last.pt").is_file()
-    monkeypatch.setattr(training, "_check_finite", real)
     resumed = pre(tmp_path / "cut", save_epochs=[], knn_every=0)
     a, b = load_checkpoint(full["checkpoint"])["encoder"], load_checkpoint(resumed["checkpoint"])["encoder"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -144,17 +150,7 @@ def test_finetune_outputs_and_determinism(tmp_path):
 
 def test_finetune_resume_equals_uninterrupted(tmp_path, monkeypatch):
     full = fin(tmp_path / "full")
-    real = training._check_finite
-
-    def interrupt(loss, step, epoch=None):
-        if step == 6:
-            raise KeyboardInterrupt
-        return real(loss, step, epoch)
-
-    monkeypatch.setattr(training, "_check_finite", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        fin(tmp_path / "cut")
-    monkeypatch.setattr(training, "_check_finite", real)
+    interrupted(monkeypatch, 6, lambda: fin(tmp_path / "cut"))
     resumed = fin(tmp_path / "cut")
     assert resumed["test"] == full["test"]
     ha = pd.read_csv(tmp_path / "full" / "history.csv")
@@ -192,17 +188,7 @@ def test_parameter_errors(tmp_path):
 
 
 def test_unfinished_run_with_other_parameters_is_refused(tmp_path, monkeypatch):
-    real = training._check_finite
-
-    def interrupt(loss, step, epoch=None):
-        if step == 5:
-            raise KeyboardInterrupt
-        return real(loss, step, epoch)
-
-    monkeypatch.setattr(training, "_check_finite", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        fin(tmp_path / "r")
-    monkeypatch.setattr(training, "_check_finite", real)
+    interrupted(monkeypatch, 5, lambda: fin(tmp_path / "r"))
     with pytest.raises(ParameterError, match="holds an unfinished run with other parameters \\(lr\\)"):
         fin(tmp_path / "r", lr=5e-4)
 
