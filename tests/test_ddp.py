@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from medssl_utils import training
+from medssl_utils.training import loop
 from medssl_utils.errors import ParameterError
 from medssl_utils.training import TrainingError
 from medssl_utils.models import load_checkpoint
@@ -97,14 +98,14 @@ def test_extra_processes_write_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     cfg = training.FinetuneConfig(dataset="phantom:cardiac?cases=4", run_dir=str(tmp_path / "r"), encoder="test_resnet",
                                   image_size=32, labelled_slices=4, max_steps=2, eval_every=1, progress=False)
-    rd, done = training._prepare_run(cfg, "finetune")
+    rd, done = loop.prepare_run(cfg, "finetune")
     assert done is None and rd.writer is False
     rd.log({"step": 1, "loss": 0.5})
     rd.flush_history()
     rd.write_result({"status": "complete"})
     assert not (tmp_path / "r").exists()
     monkeypatch.setenv("LOCAL_RANK", "0")
-    rd, _ = training._prepare_run(cfg, "finetune")
+    rd, _ = loop.prepare_run(cfg, "finetune")
     assert rd.writer and (tmp_path / "r" / "params.json").is_file()
 
 
@@ -123,12 +124,12 @@ class _FakeFabric:
 
 def test_diverged_processes_are_reported():
     model = torch.nn.Linear(3, 2)
-    training._check_ranks_in_sync(_FakeFabric(0.0), model)  # identical: fine
+    loop.check_ranks_in_sync(_FakeFabric(0.0), model)  # identical: fine
     with pytest.raises(TrainingError, match="2 processes ended with different weights"):
-        training._check_ranks_in_sync(_FakeFabric(1e-3), model)
+        loop.check_ranks_in_sync(_FakeFabric(1e-3), model)
 
 
 def test_multi_process_from_a_notebook_is_refused(monkeypatch):
-    monkeypatch.setattr(training, "_in_notebook_kernel", lambda: True)
+    monkeypatch.setattr(loop, "in_notebook_kernel", lambda: True)
     with pytest.raises(ParameterError, match="devices=2: .*script"):
         training.make_fabric("cpu", "32", devices=2)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from medssl_utils import training
+from medssl_utils.training import loop
 from medssl_utils.errors import DataError, ParameterError
 from medssl_utils.models import load_checkpoint
 
@@ -35,19 +36,19 @@ def fin(run_dir, **kw):
 
 def interrupted(monkeypatch, at_step: int, run) -> None:
     """Call ``run()`` with a KeyboardInterrupt raised at training step ``at_step`` (then undone)."""
-    real = training._check_finite
+    real = loop.check_finite
 
     def interrupt(loss, step, epoch=None):
         if step == at_step:
             raise KeyboardInterrupt
         return real(loss, step, epoch)
 
-    monkeypatch.setattr(training, "_check_finite", interrupt)
+    monkeypatch.setattr(loop, "check_finite", interrupt)
     try:
         with pytest.raises(KeyboardInterrupt):
             run()
     finally:
-        monkeypatch.setattr(training, "_check_finite", real)
+        monkeypatch.setattr(loop, "check_finite", real)
 
 
 def test_stream_batches_are_stateless_and_cover_epochs():
@@ -92,7 +93,7 @@ def test_pretrain_throughput_counts_training_time_only(tmp_path, monkeypatch):
     import medssl_utils.models.knn as knn
 
     clock = {"t": 0.0}
-    monkeypatch.setattr(training.time, "perf_counter", lambda: clock["t"])
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: clock["t"])
 
     def costs(fn, seconds):
         def wrapped(*a, **k):
@@ -100,8 +101,8 @@ def test_pretrain_throughput_counts_training_time_only(tmp_path, monkeypatch):
             return fn(*a, **k)
         return wrapped
 
-    monkeypatch.setattr(training, "_optimise", costs(training._optimise, 1.0))
-    monkeypatch.setattr(training, "_save_state", costs(training._save_state, 100.0))
+    monkeypatch.setattr(loop, "optimise", costs(loop.optimise, 1.0))
+    monkeypatch.setattr(loop, "save_state", costs(loop.save_state, 100.0))
     monkeypatch.setattr(knn, "knn_probe", costs(knn.knn_probe, 50.0))
     r = pre(tmp_path / "p", batch_size=96, epochs=3, log_every=2, knn_every=1)
     n_steps = r["steps"]

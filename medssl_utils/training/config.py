@@ -1,0 +1,165 @@
+"""Parameters of a pretraining run and of a fine-tuning run, checked when they are made."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from medssl_utils.errors import MedsslError, ParameterError, check_choice
+
+METHODS = ("byol", "simclr", "hssl")
+OPTIMIZERS = ("lars", "sgd", "adamw", "adam")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = {"32": "32-true", "32-true": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
+SPLITS = ("auto", "paper", "random", "official")
+LOSSES = ("dice_ce", "jaccard")
+# parameters that do not change what a run computes (may differ when resuming)
+_RUNTIME_KEYS = {"device", "progress", "num_workers", "overwrite", "run_dir", "log_every", "devices"}
+
+
+class TrainingError(MedsslError):
+    """Training cannot go on (e.g. the loss became NaN)."""
+
+
+# ----------------------------------------------------------------------------- configuration
+@dataclass
+class _Common:
+    encoder: str = "resnet18"
+    image_size: int = 128
+    batch_size: int = 32
+    lr: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    devices: int = 1
+    precision: str = "32"
+    channels_last: bool = False
+    decoder_channels: tuple = (256, 128, 64, 32, 16)
+    split: str = "auto"
+    split_seed: int = 0
+    grad_clip: float = 0.0
+    num_workers: int = 0
+    log_every: int = 10
+    progress: bool | str = "auto"
+    overwrite: bool = False
+    run_dir: str | None = None
+
+    def _check_common(self) -> None:
+        from medssl_utils.params import check_int
+
+        check_int("image_size", self.image_size, 32, 2048)
+        if self.image_size % 32:
+            raise ParameterError(f"image_size={self.image_size}: expected a multiple of 32 (the U-Net halves it 5 times)")
+        check_int("batch_size", self.batch_size, 2, 65536)
+        check_int("seed", self.seed, 0)
+        check_int("split_seed", self.split_seed, 0)
+        check_int("devices", self.devices, 1, 1024)
+        check_int("num_workers", self.num_workers, 0, 256)
+        check_int("log_every", self.log_every, 1)
+        check_choice("device", self.device, DEVICES)
+        check_choice("precision", str(self.precision), PRECISIONS)
+        check_choice("split", self.split, SPLITS)
+        if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ParameterError(f"lr={self.lr!r}: expected a positive number or None (method default)")
+        if not isinstance(self.grad_clip, (int, float)) or self.grad_clip < 0:
+            raise ParameterError(f"grad_clip={self.grad_clip!r}: expected >= 0 (0 disables clipping)")
+        self.decoder_channels = tuple(self.decoder_channels)
+        if self.run_dir is None or not str(self.run_dir).strip():
+            raise ParameterError("run_dir: expected a folder for this run's outputs")
+
+    def as_params(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["decoder_channels"] = list(self.decoder_channels)
+        return d
+
+
+@dataclass
+class PretrainConfig(_Common):
+    """Parameters of one self-supervised pretraining run (``notebooks/01_pretrain.ipynb``)."""
+
+    method: str = "byol"
+    datasets: list = field(default_factory=lambda: ["phantom:cardiac"])
+    init: str = "random"
+    epochs: int = 10
+    max_steps: int | None = None
+    optimizer: str = "lars"
+    weight_decay: float | None = None
+    warmup_epochs: float = 1.0
+    save_epochs: list = field(default_factory=list)
+    balanced: bool = True
+    method_options: dict = field(default_factory=dict)
+    augment: dict = field(default_factory=dict)
+    knn_every: int = 1
+    knn_max_bank: int = 2000
+    knn_max_query: int = 500
+
+    def __post_init__(self):
+        from medssl_utils.params import check_int, check_specs
+
+        self._check_common()
+        check_choice("method", self.method, METHODS)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        self.datasets = [str(s) for s in check_specs("datasets", self.datasets)]
+        check_int("epochs", self.epochs, 1)
+        if self.max_steps is not None:
+            check_int("max_steps", self.max_steps, 1)
+        check_int("knn_every", self.knn_every, 0)
+        if not isinstance(self.save_epochs, (list, tuple)):
+            raise ParameterError(f"save_epochs={self.save_epochs!r}: expected a list of epoch numbers")
+        for e in self.save_epochs:
+            check_int("save_epochs[...]", e, 1, self.epochs)
+        self.save_epochs = sorted(set(int(e) for e in self.save_epochs))
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ParameterError(f"weight_decay={self.weight_decay}: expected >= 0")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ParameterError(f"warmup_epochs={self.warmup_epochs}: expected 0..epochs ({self.epochs})")
+        for name in ("method_options", "augment"):
+            if not isinstance(getattr(self, name), dict):
+                raise ParameterError(f"{name}={getattr(self, name)!r}: expected a dict of keyword arguments")
+        from medssl_utils.models.init import check_init
+
+        check_init(self.init)
+
+
+@dataclass
+class FinetuneConfig(_Common):
+    """Parameters of one fine-tuning run (``notebooks/02_finetune.ipynb``)."""
+
+    dataset: str = "phantom:cardiac"
+    init: str = "random"
+    labelled_slices: int | None = None
+    labelled_fraction: float | None = None
+    max_steps: int = 1000
+    eval_every: int = 50
+    warmup_steps: int | None = None
+    loss: str = "dice_ce"
+    load_decoder: bool | str = "auto"
+    augment: dict = field(default_factory=dict)
+    save_predictions: bool = True
+    eval_batch_size: int = 64
+
+    def __post_init__(self):
+        from medssl_utils.params import check_int, check_spec
+
+        self._check_common()
+        self.dataset = str(check_spec("dataset", self.dataset))
+        check_int("max_steps", self.max_steps, 1)
+        check_int("eval_every", self.eval_every, 1)
+        check_int("eval_batch_size", self.eval_batch_size, 1)
+        if self.warmup_steps is not None:
+            check_int("warmup_steps", self.warmup_steps, 0, self.max_steps)
+        check_choice("loss", self.loss, LOSSES)
+        check_choice("load_decoder", self.load_decoder, ("auto", True, False))
+        if (self.labelled_slices is None) == (self.labelled_fraction is None):
+            raise ParameterError("give exactly one of labelled_slices (a number of slices) or labelled_fraction "
+                                 f"(a fraction of training patients); got labelled_slices={self.labelled_slices!r}, "
+                                 f"labelled_fraction={self.labelled_fraction!r}")
+        if self.labelled_slices is not None:
+            check_int("labelled_slices", self.labelled_slices, 1)
+        elif not (isinstance(self.labelled_fraction, (int, float)) and 0 < self.labelled_fraction <= 1):
+            raise ParameterError(f"labelled_fraction={self.labelled_fraction!r}: expected 0 < fraction <= 1")
+        if not isinstance(self.augment, dict):
+            raise ParameterError(f"augment={self.augment!r}: expected a dict of SegAugment keyword arguments")
+        from medssl_utils.models.init import check_init
+
+        check_init(self.init)
+

@@ -1,0 +1,196 @@
+"""Supervised fine-tuning of a U-Net from an encoder initialisation, with test evaluation."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from medssl_utils.errors import DataError
+from medssl_utils.progress import progress
+from medssl_utils.rundir import RunDir
+from medssl_utils.training import loop
+from medssl_utils.training.config import PRECISIONS, FinetuneConfig
+from medssl_utils.training.evaluate import evaluate_val, test_volumes
+
+@dataclass
+class FinetuneData:
+    vs: object
+    cache: object
+    split: object
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    test_volumes: list
+
+
+def prepare_finetune_data(cfg: FinetuneConfig) -> FinetuneData:
+    from medssl_utils.data import budget_fraction, budget_slices, labelled_slices, load_dataset, make_split, slice_cache
+
+    vs = load_dataset(cfg.dataset).labelled()
+    if not vs.volumes:
+        raise DataError(f"{cfg.dataset}: has no labelled volumes to fine-tune on")
+    cache = slice_cache(vs, image_size=cfg.image_size, progress=cfg.progress is not False)
+    split = make_split(cache.index, loop.resolve_split(vs.format, cfg.split), seed=cfg.split_seed)
+    pool = labelled_slices(cache.index, split, "train")
+    if cfg.labelled_slices is not None:
+        rows = budget_slices(pool, cfg.labelled_slices, seed=cfg.seed)
+    else:
+        rows = budget_fraction(cache.index, pool, cfg.labelled_fraction, seed=cfg.seed)
+    val_rows = labelled_slices(cache.index, split, "val")
+    if len(val_rows) == 0:
+        raise DataError(f"{cfg.dataset}: the '{split.scheme}' split has no validation patients; "
+                        "use a larger dataset or split='random'")
+    test_ids = set(split.test)
+    test_volumes = [v for v in vs.volumes if v.case_id in test_ids]
+    if not test_volumes:
+        raise DataError(f"{cfg.dataset}: the '{split.scheme}' split has no labelled test volumes")
+    return FinetuneData(vs, cache, split, rows, val_rows, test_volumes)
+
+
+def check_no_leakage(lineage: list, dataset: str, split) -> None:
+    """Refuse weights whose pretraining pool held this run's validation or test patients."""
+    from medssl_utils.data.specs import parse_spec
+
+    target = str(parse_spec(dataset))
+    held = set(split.val) | set(split.test)
+    for stage in lineage or []:
+        for spec, pool in (stage.get("pool") or {}).items():
+            if str(parse_spec(spec)).split("?")[0] != target.split("?")[0]:
+                continue
+            leaked = sorted(held & set(pool.get("train_cases", [])))
+            if leaked:
+                raise DataError(f"init weights were pretrained ({stage.get('method')}) on {spec} including patients "
+                                f"that this run validates or tests on ({', '.join(leaked[:5])}"
+                                f"{' …' if len(leaked) > 5 else ''}); pretrain with the same split "
+                                f"(split={pool.get('split')!r}, split_seed={pool.get('split_seed')})")
+
+
+
+def finetune(cfg: FinetuneConfig | None = None, **params) -> dict:
+    """Run (or resume, or return the finished) fine-tuning described by ``cfg`` / ``params``."""
+    return loop.run_guarded(cfg or FinetuneConfig(**params), "finetune", _finetune)
+
+
+def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
+    from medssl_utils.data import SliceDataset
+    from medssl_utils.data.transforms import SegAugment
+    from medssl_utils.losses import segmentation_loss
+    from medssl_utils.models import build_unet, describe_lineage, load_checkpoint
+    from medssl_utils.models.init import check_init
+
+    fabric = loop.make_fabric(cfg.device, cfg.precision, cfg.devices)
+    with fabric.rank_zero_first():
+        data = prepare_finetune_data(cfg)
+    kind, path = check_init(cfg.init)
+    load_decoder = cfg.load_decoder
+    if load_decoder == "auto":
+        load_decoder = kind == "path" and load_checkpoint(path).get("decoder") is not None
+    num_classes = len(data.vs.labels)
+    torch.manual_seed(cfg.seed)
+    model = build_unet(cfg.encoder, num_classes=num_classes, init=cfg.init, decoder_channels=cfg.decoder_channels,
+                       load_decoder=bool(load_decoder))
+    lineage = model.medssl_init["lineage"]
+    check_no_leakage(lineage, cfg.dataset, data.split)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    base_lr = cfg.lr or 1e-4
+    optimizer = loop.make_optimizer("adam", model, base_lr, 0.0)
+    model, optimizer = fabric.setup(model, optimizer)
+    loss_fn = segmentation_loss(cfg.loss, num_classes=num_classes)
+    aug = SegAugment(output_size=cfg.image_size, **cfg.augment)
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(cfg.max_steps // 20, 0)
+    ds = SliceDataset(data.cache, data.train_rows)
+    global_batch = cfg.batch_size * fabric.world_size  # batch_size is per process
+    start = 0
+    last = rd.checkpoints / "last.pt"
+    if last.is_file():
+        start, _ = loop.load_state(last, loop.unwrap(model), optimizer)
+        rd.load_history(start)
+    loader = fabric.setup_dataloaders(
+        DataLoader(ds, batch_sampler=loop.StreamBatchSampler(len(ds), cfg.batch_size, cfg.seed, start, cfg.max_steps,
+                                                        rank=fabric.global_rank, world=fabric.world_size),
+                   num_workers=cfg.num_workers, pin_memory=fabric.device.type == "cuda"),
+        use_distributed_sampler=False)
+    names = [data.vs.labels[k] for k in sorted(data.vs.labels) if k > 0]
+
+    def validate(step: int) -> dict:
+        te = time.perf_counter()
+        dice = evaluate_val(model, data.cache, data.val_rows, num_classes, cfg.eval_batch_size, fabric.device)
+        row = {"step": step, "epoch": step * global_batch / len(ds), "time_s": round(time.perf_counter() - t0, 3),
+               "val_dice": float(np.mean(dice[1:])), **{f"val_dice_{n}": float(d) for n, d in zip(names, dice[1:])}}
+        nonlocal eval_time
+        eval_time += time.perf_counter() - te
+        return row
+
+    eval_time, train_time, images, run_loss, run_n = 0.0, 0.0, 0, 0.0, 0
+    if start == 0:
+        rd.log(validate(0))
+    bar = progress(cfg.max_steps, "fine-tune", cfg.progress, initial=start)
+    tick = time.perf_counter()
+    model.train()
+    try:
+        for step, batch in zip(range(start, cfg.max_steps), loader):
+            loop.set_lr(optimizer, loop.lr_at(step, cfg.max_steps, base_lr, warmup))
+            x, y = batch["image"], batch["label"]
+            x, y = aug(x, y, loop.step_generator(cfg.seed, step, fabric.global_rank, x.device))
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            loss = loss_fn(model(x), y)
+            loop.check_finite(loss, step)
+            loop.optimise(fabric, model, optimizer, loss, cfg.grad_clip)
+            run_loss += float(loss.detach())
+            run_n += 1
+            images += x.shape[0] * fabric.world_size
+            bar.update(1)
+            done = step + 1
+            if done % cfg.log_every == 0 or done % cfg.eval_every == 0 or done == cfg.max_steps:
+                el = time.perf_counter() - tick
+                train_time += el
+                row = {"step": done, "epoch": done * global_batch / len(ds),
+                       "time_s": round(time.perf_counter() - t0, 3), "loss": loop.mean_over_ranks(fabric, run_loss / run_n),
+                       "lr": optimizer.param_groups[0]["lr"], "images_per_s": images / el if el > 0 else None}
+                if done % cfg.eval_every == 0 or done == cfg.max_steps:
+                    row.update({k: v for k, v in validate(done).items() if k.startswith("val_")})
+                    bar.set_postfix_str(f"loss {row['loss']:.3f} val Dice {row['val_dice']:.3f}")
+                    if fabric.is_global_zero:
+                        loop.save_state(last, done, loop.unwrap(model), optimizer)
+                    rd.log(row)
+                    rd.flush_history()
+                else:
+                    rd.log(row)
+                run_loss, run_n, images = 0.0, 0, 0
+                tick = time.perf_counter()
+    except KeyboardInterrupt:
+        rd.flush_history()
+        raise
+    finally:
+        bar.close()
+    loop.check_ranks_in_sync(fabric, loop.unwrap(model))
+    te = time.perf_counter()
+    test, rows = test_volumes(loop.unwrap(model), data, cfg, rd, fabric.device)
+    test_time = time.perf_counter() - te
+    import pandas as pd
+
+    rd.write_text("test_metrics.csv", pd.DataFrame(rows).to_csv(index=False))
+    rd.flush_history()
+    vals = [r["val_dice"] for r in rd.rows if r.get("val_dice") is not None]
+    result = {
+        "status": "complete", "kind": "finetune", "error": None, "dataset": cfg.dataset, "init": cfg.init,
+        "lineage": lineage, "lineage_name": describe_lineage(lineage), "load_decoder": bool(load_decoder),
+        "steps": cfg.max_steps, "epochs": cfg.max_steps * global_batch / len(ds),
+        "labelled_slices": int(len(data.train_rows)), "labelled_fraction": cfg.labelled_fraction,
+        "labelled_patients": int(data.cache.index.loc[data.train_rows, "case_id"].nunique()),
+        "seed": cfg.seed, "split": data.split.scheme, "test": test,
+        "val_final_dice": vals[-1] if vals else None, "val_best_dice": max(vals) if vals else None,
+        "timings": {"total_s": round(time.perf_counter() - t0, 2), "train_s": round(train_time, 2),
+                    "eval_s": round(eval_time + test_time, 2),
+                    "images_per_s": round((cfg.max_steps - start) * global_batch / train_time, 1)
+                    if train_time else None},
+        "device": str(fabric.device), "devices": fabric.world_size, "precision": PRECISIONS[str(cfg.precision)],
+    }
+    rd.write_result(result)  # rank 0 only (RunDir.writer)
+    return result
+

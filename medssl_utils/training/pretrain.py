@@ -1,0 +1,232 @@
+"""Self-supervised pretraining (BYOL, SimCLR, HSSL) of a U-Net encoder (and, for HSSL, decoder)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from medssl_utils.errors import ParameterError
+from medssl_utils.progress import progress
+from medssl_utils.rundir import RunDir
+from medssl_utils.training import loop
+from medssl_utils.training.config import PRECISIONS, PretrainConfig
+
+@dataclass
+class PretrainData:
+    dataset: object  # MultiDomainDataset
+    pools: dict
+    bank: object | None
+    query: object | None
+    knn_by: str | None
+    weights: np.ndarray | None
+
+
+def prepare_pretrain_data(cfg: PretrainConfig) -> PretrainData:
+    """Unlabelled pools of every dataset (training patients only), tagged and aggregated."""
+    from medssl_utils.data import MultiDomainDataset, SliceDataset, load_dataset, make_split, slice_cache
+    from medssl_utils.data.splits import unlabelled_pool
+
+    parts, pools, banks, queries = [], {}, [], []
+    rng = np.random.default_rng(cfg.seed)
+    for spec in cfg.datasets:
+        vs = load_dataset(spec)
+        cache = slice_cache(vs, image_size=cfg.image_size, progress=cfg.progress is not False)
+        scheme = loop.resolve_split(vs.format, cfg.split)
+        split = make_split(cache.index, scheme, seed=cfg.split_seed)
+        rows = unlabelled_pool(cache.index, split)
+        parts.append(SliceDataset(cache, rows, with_labels=False))
+        pools[spec] = {"split": scheme, "split_seed": cfg.split_seed, "train_cases": list(split.train)}
+        query_rows = cache.index.index[cache.index.case_id.isin(split.val)].to_numpy()
+        banks.append(SliceDataset(cache, np.sort(rng.choice(rows, min(len(rows), cfg.knn_max_bank // len(cfg.datasets)),
+                                                              replace=False)), with_labels=False))
+        if len(query_rows):
+            queries.append(SliceDataset(cache, np.sort(rng.choice(query_rows, min(len(query_rows), cfg.knn_max_query
+                                                                                  // len(cfg.datasets)),
+                                                                  replace=False)), with_labels=False))
+    md = MultiDomainDataset(parts)
+    tags = {p.cache.meta["spec"]: p.tag_ids for p in md.parts}
+    bank = MultiDomainDataset(banks)
+    query = MultiDomainDataset(queries) if queries else None
+    for d in (bank, query):
+        for p in (d.parts if d else []):
+            p.tag_ids = tags[p.cache.meta["spec"]]
+    knn_by = "task" if len(md.tasks) > 1 else "position"
+    if query is not None and knn_by == "position":
+        pos = np.concatenate([p.cache.index["position"].to_numpy()[p.rows] for p in query.parts])
+        if np.unique(np.minimum((pos * 3).astype(int), 2)).size < 2:
+            query = None  # e.g. single-slice photographs: position carries no label
+    weights = None
+    if cfg.balanced and len(md.parts) > 1:
+        doms = np.concatenate([np.full(len(p), p.tag_ids["domain"]) for p in md.parts])
+        weights = 1.0 / np.bincount(doms)[doms]
+    return PretrainData(md, pools, bank, query if cfg.knn_every else None, knn_by, weights)
+
+
+def _build_ssl(cfg: PretrainConfig, unet, data: PretrainData):
+    feature_dim = unet.encoder.out_channels[-1]
+    opts = dict(cfg.method_options)
+    if cfg.method == "byol":
+        from medssl_utils.models.byol import BYOL
+
+        return BYOL(unet.encoder, feature_dim, **opts)
+    if cfg.method == "simclr":
+        from medssl_utils.models.simclr import SimCLR
+
+        return SimCLR(unet.encoder, feature_dim, **opts)
+    from medssl_utils.models.hssl import HSSL
+
+    return HSSL(unet, num_tasks=len(data.dataset.tasks), num_groups=len(data.dataset.groups), **opts)
+
+
+def pretrain(cfg: PretrainConfig | None = None, **params) -> dict:
+    """Run (or resume, or return the finished) pretraining described by ``cfg`` / ``params``."""
+    return loop.run_guarded(cfg or PretrainConfig(**params), "pretrain", _pretrain)
+
+
+def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
+    from medssl_utils.data.transforms import SSLAugment
+    from medssl_utils.models import build_unet, decoder_state, describe_lineage, encoder_state, save_checkpoint
+
+    fabric = loop.make_fabric(cfg.device, cfg.precision, cfg.devices)
+    with fabric.rank_zero_first():  # rank 0 builds phantoms/slice caches; the others then read them
+        data = prepare_pretrain_data(cfg)
+    n = len(data.dataset)
+    steps_per_epoch = n // (cfg.batch_size * fabric.world_size)
+    if steps_per_epoch < 1:
+        raise ParameterError(f"batch_size={cfg.batch_size}: larger than the unlabelled pool ({n} slices)")
+    total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.epochs * steps_per_epoch, cfg.max_steps)
+    torch.manual_seed(cfg.seed)
+    unet = build_unet(cfg.encoder, num_classes=2, init=cfg.init, decoder_channels=cfg.decoder_channels)
+    start_lineage = unet.medssl_init["lineage"]
+    model = _build_ssl(cfg, unet, data)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    wd = cfg.weight_decay if cfg.weight_decay is not None else (1.5e-6 if cfg.optimizer == "lars" else 1e-4)
+    base_lr = cfg.lr or loop.default_lr(cfg.optimizer, cfg.batch_size * fabric.world_size)
+    optimizer = loop.make_optimizer(cfg.optimizer, model, base_lr, wd)
+    model, optimizer = fabric.setup(model, optimizer)
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    start = 0
+    last = rd.checkpoints / "last.pt"
+    if last.is_file():
+        start, _ = loop.load_state(last, loop.unwrap(model), optimizer)
+        rd.load_history(start)
+    aug = SSLAugment(output_size=cfg.image_size, **cfg.augment)
+    loader = fabric.setup_dataloaders(
+        DataLoader(data.dataset, batch_sampler=loop.StreamBatchSampler(n, cfg.batch_size, cfg.seed, start, total,
+                                                                  data.weights, fabric.global_rank, fabric.world_size),
+                   num_workers=cfg.num_workers, pin_memory=fabric.device.type == "cuda"),
+        use_distributed_sampler=False)
+    stage = {"method": cfg.method, "data": list(cfg.datasets), "init": cfg.init,
+             "parent": cfg.init if Path(str(cfg.init)).suffix == ".pt" else None,
+             "encoder": cfg.encoder, "image_size": cfg.image_size, "seed": cfg.seed, "pool": data.pools}
+
+    def save_medssl(path: Path, epochs_done: int) -> str:
+        raw = loop.unwrap(model)
+        dec = decoder_state(unet) if cfg.method == "hssl" and getattr(raw, "pretrain_decoder", True) else None
+        if fabric.is_global_zero:
+            save_checkpoint(path, encoder_state=encoder_state(unet), decoder_state=dec, encoder_name=cfg.encoder,
+                            in_channels=1, lineage_stage={**stage, "epochs": epochs_done},
+                            parent_lineage=start_lineage, extra={"step": (epochs_done * steps_per_epoch)})
+        fabric.barrier()
+        return str(path)
+
+    def knn_now() -> float | None:
+        if data.query is None:
+            return None
+        from medssl_utils.models.knn import knn_probe
+
+        return knn_probe(loop.unwrap(model), data.bank, data.query, by=data.knn_by, device=fabric.device)
+
+    checkpoints = {str(e): str(rd.checkpoints / f"epoch_{e}.pt") for e in cfg.save_epochs
+                   if (rd.checkpoints / f"epoch_{e}.pt").is_file()}
+    if start == 0:
+        acc = knn_now()
+        if acc is not None:
+            rd.log({"step": 0, "epoch": 0, "time_s": 0.0, "knn_acc": acc})
+    bar = progress(total, f"pretrain {cfg.method}", cfg.progress, initial=start)
+    # images/s and train_s count training only: the clock pauses for checkpoints and k-NN probes
+    train_time, window, images, run_loss, run_n = 0.0, 0.0, 0, 0.0, 0
+    tick = time.perf_counter()
+    step = start
+    try:
+        for step, batch in zip(range(start, total), loader):
+            loop.set_lr(optimizer, loop.lr_at(step, total, base_lr, warmup))
+            x = batch["image"]
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            g = loop.step_generator(cfg.seed, step, fabric.global_rank, x.device)
+            v1, v2 = aug(x, g)
+            if cfg.method == "hssl":
+                loss, logs = model(v1, v2, batch["task"], batch["group"])
+            else:
+                loss, logs = model(v1, v2)
+            epoch = step // steps_per_epoch + 1
+            loop.check_finite(loss, step, epoch)
+            loop.optimise(fabric, model, optimizer, loss, cfg.grad_clip)
+            momentum = loop.unwrap(model).update_target(step, total) if cfg.method == "byol" else None
+            run_loss += float(loss.detach())
+            run_n += 1
+            images += x.shape[0] * fabric.world_size
+            bar.update(1)
+            done = step + 1
+            if done % cfg.log_every == 0 or done == total:
+                el = window + time.perf_counter() - tick
+                train_time += el
+                row = {"step": done, "epoch": done / steps_per_epoch, "time_s": round(time.perf_counter() - t0, 3),
+                       "loss": loop.mean_over_ranks(fabric, run_loss / run_n), "lr": optimizer.param_groups[0]["lr"],
+                       "images_per_s": images / el if el > 0 else None}
+                if momentum is not None:
+                    row["momentum"] = momentum
+                row.update({k: float(v) for k, v in logs.items() if k != "loss"})
+                rd.log(row)
+                bar.set_postfix_str(f"loss {row['loss']:.4f}")
+                run_loss, run_n, images, window = 0.0, 0, 0, 0.0
+                tick = time.perf_counter()
+            if done % steps_per_epoch == 0 or done == total:
+                window += time.perf_counter() - tick
+                ep = done // steps_per_epoch
+                if done % steps_per_epoch == 0 and ep in cfg.save_epochs:
+                    checkpoints[str(ep)] = save_medssl(rd.checkpoints / f"epoch_{ep}.pt", ep)
+                if cfg.knn_every and (ep % cfg.knn_every == 0 or done == total):
+                    acc = knn_now()
+                    if acc is not None:
+                        rd.log({"step": done, "epoch": done / steps_per_epoch,
+                                "time_s": round(time.perf_counter() - t0, 3), "knn_acc": acc})
+                if fabric.is_global_zero:
+                    loop.save_state(rd.checkpoints / "last.pt", done, loop.unwrap(model), optimizer)
+                rd.flush_history()
+                tick = time.perf_counter()
+    except KeyboardInterrupt:
+        rd.flush_history()
+        raise
+    finally:
+        bar.close()
+    loop.check_ranks_in_sync(fabric, loop.unwrap(model))
+    epochs_done = total / steps_per_epoch
+    final = save_medssl(rd.checkpoints / "final.pt", round(epochs_done, 3) if epochs_done % 1 else int(epochs_done))
+    rd.flush_history()
+    from medssl_utils.models import load_checkpoint
+
+    lineage = load_checkpoint(final)["lineage"]
+    knn_values = [r["knn_acc"] for r in rd.rows if r.get("knn_acc") is not None]
+    result = {
+        "status": "complete", "kind": "pretrain", "error": None, "method": cfg.method, "datasets": cfg.datasets,
+        "init": cfg.init, "lineage": lineage, "lineage_name": describe_lineage(lineage), "steps": total,
+        "epochs": epochs_done, "seed": cfg.seed, "slices_in_pool": n, "checkpoint": final, "checkpoints": checkpoints,
+        "knn": {"by": data.knn_by, "first": knn_values[0] if knn_values else None,
+                "last": knn_values[-1] if knn_values else None},
+        "final_loss": next((r["loss"] for r in reversed(rd.rows) if "loss" in r), None),
+        "timings": {"total_s": round(time.perf_counter() - t0, 2), "train_s": round(train_time, 2),
+                    "images_per_s": round((total - start) * cfg.batch_size * fabric.world_size / train_time, 1)
+                    if train_time else None},
+        "device": str(fabric.device), "devices": fabric.world_size, "precision": PRECISIONS[str(cfg.precision)],
+    }
+    rd.write_result(result)  # rank 0 only (RunDir.writer)
+    return result
+
