@@ -20,6 +20,24 @@ def check_int(name: str, value, lo: int | None = None, hi: int | None = None) ->
     return value
 
 
+def check_number(name: str, value, lo: float | None = None, hi: float | None = None, *, low_open: bool = False,
+                 what: str | None = None) -> float:
+    """A finite real number (not a bool) in ``[lo, hi]`` (``(lo, hi]`` with ``low_open``)."""
+    import math
+
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and lo is not None:
+        ok = value > lo if low_open else value >= lo
+    if ok and hi is not None:
+        ok = value <= hi
+    if not ok:
+        if what is None:
+            what = "a finite number" + ("" if lo is None else f" {'>' if low_open else '>='} {lo}") + (
+                "" if hi is None else f" and <= {hi}")
+        raise ParameterError(f"{name}={value!r}: expected {what}")
+    return float(value)
+
+
 def check_spec(name: str, value):
     """A dataset spec string (see :mod:`medssl_utils.data.specs`); returns the parsed spec."""
     from medssl_utils.data.specs import parse_spec

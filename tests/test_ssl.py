@@ -23,7 +23,7 @@ from torch import nn
 
 from medssl_utils.data import MultiDomainDataset, SliceDataset, SSLAugment, load_dataset, slice_cache
 from medssl_utils.errors import ParameterError
-from medssl_utils.models.byol import BYOL, momentum_schedule
+from medssl_utils.models.byol import BYOL, auto_base_momentum, momentum_schedule
 from medssl_utils.models.hssl import HSSL
 from medssl_utils.models.knn import dataset_labels, embed_dataset, knn_accuracy, knn_probe, position_bins
 from medssl_utils.models.simclr import SimCLR
@@ -178,13 +178,35 @@ def test_byol_target_moves_by_exactly_one_minus_m():
     assert set(logs) == {"loss", "z_std"} and -1 <= float(logs["loss"]) <= 1
 
     m = byol.update_target(step=0, total_steps=10)
-    assert m == pytest.approx(0.99)
+    assert m == pytest.approx(auto_base_momentum(10))  # "auto": a 10-step run starts far below 0.99
     for t_old, o, t_new in zip(target_before, online_after_step, target()):
         torch.testing.assert_close(t_new, m * t_old + (1 - m) * o)
     # at the last step m = 1: the target no longer moves
     frozen = target()
     byol.update_target(step=9, total_steps=10)
     assert all(torch.equal(a, b) for a, b in zip(frozen, target()))
+
+
+def _initial_target_left(total: int, base: float) -> float:
+    """Fraction of the random initial target weights left after a whole run (product of momenta)."""
+    return math.prod(momentum_schedule(s, total, base) for s in range(total))
+
+
+def test_byol_base_momentum_suits_the_run_length():
+    # the fault: BYOL's 0.99 over the quick study's 76 steps leaves ~70 % of the random target
+    assert _initial_target_left(76, 0.99) > 0.65
+    for total in (20, 76, 300, 921, 5000):
+        m0 = auto_base_momentum(total)
+        assert _initial_target_left(total, m0) <= 0.0101
+        assert m0 <= 0.99
+    assert auto_base_momentum(76) == pytest.approx(0.8788, abs=1e-4)
+    assert auto_base_momentum(922) == auto_base_momentum(100_000) == 0.99
+    unet = tiny_unet()
+    fixed = BYOL(unet.encoder, feature_dim(unet), base_momentum=0.99, **SMALL)
+    assert fixed.update_target(0, 76) == pytest.approx(0.99)
+    assert BYOL(tiny_unet().encoder, feature_dim(unet), **SMALL).update_target(0, 76) == pytest.approx(0.8788, abs=1e-4)
+    with pytest.raises(ParameterError, match="base_momentum=1.5 must be 'auto' or a number in"):
+        BYOL(unet.encoder, feature_dim(unet), base_momentum=1.5)
 
 
 # --------------------------------------------------------------------------- SimCLR

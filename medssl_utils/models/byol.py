@@ -26,6 +26,7 @@ pretrained online encoder after training.
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from lightly.loss import NegativeCosineSimilarity
@@ -37,7 +38,21 @@ from torch import nn
 from medssl_utils.errors import ParameterError
 from medssl_utils.models.ssl_common import check_dim, check_features, check_views, pooled
 
-__all__ = ["BYOL", "momentum_schedule"]
+__all__ = ["BYOL", "auto_base_momentum", "momentum_schedule"]
+
+
+def auto_base_momentum(total_steps: int, remaining: float = 0.01, paper: float = 0.99) -> float:
+    """The base target momentum that suits a run of ``total_steps``: ``min(0.99, 1 - 2 ln(1/remaining) / T)``.
+
+    With the cosine schedule ``m0 -> 1`` the target keeps about ``exp(-(1 - m0) T / 2)`` of its
+    random initial weights after ``T`` steps (the product of the momenta). BYOL's 0.99 is made
+    for runs of thousands of steps; after 100 steps it leaves ~70 % of the random target, so
+    the online network chases a mostly random target. This rule keeps at most ``remaining``
+    (1 %) of it: ``m0 = 0.99`` for ``T >= 922`` steps, 0.879 for 76 steps.
+    """
+    if not isinstance(total_steps, int) or isinstance(total_steps, bool) or total_steps < 1:
+        raise ParameterError(f"total_steps={total_steps!r} must be a positive int")
+    return min(paper, max(0.0, 1.0 - 2.0 * math.log(1.0 / remaining) / total_steps))
 
 
 def momentum_schedule(step: int, total_steps: int, base_momentum: float = 0.99, final_momentum: float = 1.0) -> float:
@@ -73,6 +88,9 @@ class BYOL(nn.Module):
         projection_dim: output of projector and predictor (Work A: 256).
         hidden_dim: projector hidden width (Work A: 4096).
         predictor_hidden_dim: predictor hidden width (Work A: 4096 or 8192).
+        base_momentum: the target momentum at the first step (cosine to 1.0 at the last), or
+            ``"auto"`` (default): :func:`auto_base_momentum` of the run's length — BYOL's 0.99
+            for runs of 922 steps or more, lower for shorter runs.
 
     Shapes: representation ``(B, feature_dim)`` -> projection ``(B, projection_dim)`` ->
     prediction ``(B, projection_dim)``. Target encoder and projector are deep copies made
@@ -81,8 +99,12 @@ class BYOL(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, feature_dim: int, projection_dim: int = 256, hidden_dim: int = 4096,
-                 predictor_hidden_dim: int = 4096):
+                 predictor_hidden_dim: int = 4096, base_momentum: float | str = "auto"):
         super().__init__()
+        if base_momentum != "auto" and (not isinstance(base_momentum, (int, float)) or isinstance(base_momentum, bool)
+                                        or not 0.0 <= base_momentum <= 1.0):
+            raise ParameterError(f"base_momentum={base_momentum!r} must be 'auto' or a number in [0, 1]")
+        self.base_momentum = base_momentum
         self.feature_dim = check_dim("feature_dim", feature_dim)
         check_dim("projection_dim", projection_dim)
         check_dim("hidden_dim", hidden_dim)
@@ -129,16 +151,24 @@ class BYOL(nn.Module):
             z_std = nn.functional.normalize(torch.cat([z1, z2]).float(), dim=1).std(dim=0).mean()
         return loss, {"loss": loss.detach(), "z_std": z_std}
 
+    def resolved_base_momentum(self, total_steps: int) -> float:
+        """The base momentum used for a run of ``total_steps`` optimiser steps."""
+        if self.base_momentum == "auto":
+            return auto_base_momentum(total_steps)
+        return float(self.base_momentum)
+
     @torch.no_grad()
-    def update_target(self, step: int, total_steps: int, base_momentum: float = 0.99) -> float:
+    def update_target(self, step: int, total_steps: int, base_momentum: float | None = None) -> float:
         """Move the target towards the online network: ``target = m * target + (1 - m) * online``.
 
-        ``m = momentum_schedule(step, total_steps, base_momentum)`` (cosine, ``base_momentum``
-        -> 1.0; see :func:`momentum_schedule`). Call once after each optimiser step, ``step``
+        ``m = momentum_schedule(step, total_steps, m0)`` (cosine, ``m0`` -> 1.0; see
+        :func:`momentum_schedule`), ``m0`` = ``base_momentum`` when given, else the module's
+        (``"auto"``: :func:`auto_base_momentum` of ``total_steps``). Call once after each optimiser step, ``step``
         counting optimiser steps from 0. Parameters are averaged; the target's batch-norm
         running statistics are its own (it runs in train mode on the views). Returns ``m``.
         """
-        m = momentum_schedule(step, total_steps, base_momentum)
+        m = momentum_schedule(step, total_steps, self.resolved_base_momentum(total_steps)
+                              if base_momentum is None else base_momentum)
         update_momentum(self.encoder, self.target_encoder, m)
         update_momentum(self.projector, self.target_projector, m)
         return m

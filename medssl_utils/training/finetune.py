@@ -14,7 +14,7 @@ from medssl_utils.progress import progress
 from medssl_utils.rundir import RunDir
 from medssl_utils.training import loop
 from medssl_utils.training.config import PRECISIONS, FinetuneConfig
-from medssl_utils.training.evaluate import evaluate_val, test_volumes
+from medssl_utils.training.evaluate import bn_recalibrated, evaluate_val, recalibration_rows, test_volumes
 
 @dataclass
 class FinetuneData:
@@ -78,7 +78,8 @@ def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
     from medssl_utils.data import SliceDataset
     from medssl_utils.data.transforms import SegAugment
     from medssl_utils.losses import segmentation_loss
-    from medssl_utils.models import build_unet, describe_lineage, load_checkpoint
+    from medssl_utils.models import build_unet, describe_lineage
+    from medssl_utils.models.checkpoints import is_medssl_checkpoint, read_weights_file
     from medssl_utils.models.init import check_init
 
     fabric = loop.make_fabric(cfg.device, cfg.precision, cfg.devices)
@@ -86,8 +87,12 @@ def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
         data = prepare_finetune_data(cfg)
     kind, path = check_init(cfg.init)
     load_decoder = cfg.load_decoder
-    if load_decoder == "auto":
-        load_decoder = kind == "path" and load_checkpoint(path).get("decoder") is not None
+    if load_decoder == "auto":  # a medssl checkpoint's pretrained decoder; foreign weights have none
+        if kind == "path":
+            obj = read_weights_file(path)
+            load_decoder = is_medssl_checkpoint(obj) and obj.get("decoder") is not None
+        else:
+            load_decoder = False
     num_classes = len(data.vs.labels)
     torch.manual_seed(cfg.seed)
     model = build_unet(cfg.encoder, num_classes=num_classes, init=cfg.init, decoder_channels=cfg.decoder_channels,
@@ -115,10 +120,17 @@ def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
                    num_workers=cfg.num_workers, pin_memory=fabric.device.type == "cuda"),
         use_distributed_sampler=False)
     names = [data.vs.labels[k] for k in sorted(data.vs.labels) if k > 0]
+    bn_rows = recalibration_rows(data.train_rows, cfg.recalibrate_bn, cfg.seed)
+
+    def evaluation_mode():
+        """The model in eval mode with BatchNorm statistics recomputed for its current weights."""
+        return bn_recalibrated(model, data.cache, bn_rows, cfg.eval_batch_size, fabric.device, cfg.channels_last)
 
     def validate(step: int) -> dict:
         te = time.perf_counter()
-        dice = evaluate_val(model, data.cache, data.val_rows, num_classes, cfg.eval_batch_size, fabric.device)
+        with evaluation_mode():
+            dice = evaluate_val(model, data.cache, data.val_rows, num_classes, cfg.eval_batch_size, fabric.device,
+                                cfg.channels_last)
         row = {"step": step, "epoch": step * global_batch / len(ds), "time_s": round(time.perf_counter() - t0, 3),
                "val_dice": float(np.mean(dice[1:])), **{f"val_dice_{n}": float(d) for n, d in zip(names, dice[1:])}}
         nonlocal eval_time
@@ -141,6 +153,7 @@ def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
             loss = loss_fn(model(x), y)
             loop.check_finite(loss, step)
             loop.optimise(fabric, model, optimizer, loss, cfg.grad_clip)
+            loop.check_finite_weights(model, step)
             run_loss += float(loss.detach())
             run_n += 1
             images += x.shape[0] * fabric.world_size
@@ -169,8 +182,10 @@ def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
     finally:
         bar.close()
     loop.check_ranks_in_sync(fabric, loop.unwrap(model))
+    loop.check_finite_weights(model, cfg.max_steps, buffers=True)
     te = time.perf_counter()
-    test, rows = test_volumes(loop.unwrap(model), data, cfg, rd, fabric.device)
+    with evaluation_mode():
+        test, rows = test_volumes(model, data, cfg, rd, fabric.device)
     test_time = time.perf_counter() - te
     import pandas as pd
 
@@ -185,6 +200,7 @@ def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
         "labelled_patients": int(data.cache.index.loc[data.train_rows, "case_id"].nunique()),
         "seed": cfg.seed, "split": data.split.scheme, "test": test,
         "val_final_dice": vals[-1] if vals else None, "val_best_dice": max(vals) if vals else None,
+        "schedule": {"base_lr": base_lr, "warmup_steps": warmup, "recalibrate_bn_slices": int(len(bn_rows))},
         "timings": {"total_s": round(time.perf_counter() - t0, 2), "train_s": round(train_time, 2),
                     "eval_s": round(eval_time + test_time, 2),
                     "images_per_s": round((cfg.max_steps - start) * global_batch / train_time, 1)

@@ -145,6 +145,27 @@ def check_finite(loss: torch.Tensor, step: int, epoch: int | None = None) -> Non
                             "Lower lr, add grad_clip, or use precision='32'")
 
 
+def check_finite_weights(module: torch.nn.Module, step: int, epoch: int | None = None, *,
+                         buffers: bool = False) -> None:
+    """Stop the run when any parameter (and, with ``buffers``, BatchNorm statistic) is NaN or inf.
+
+    Called after every optimiser step: a finite loss does not guarantee finite weights (an
+    update can overflow), and a run must never end ``complete`` with a broken model.
+    """
+    tensors = [p.detach() for p in module.parameters()]
+    if buffers:
+        tensors += [b.detach() for b in module.buffers() if b.is_floating_point()]
+    if not tensors:
+        return
+    peak = torch.stack(torch._foreach_norm(tensors, float("inf")))
+    if not bool(torch.isfinite(peak).all()):
+        names = [n for n, p in list(module.named_parameters()) + (list(module.named_buffers()) if buffers else [])
+                 if p.is_floating_point() and not bool(torch.isfinite(p.detach()).all())]
+        where = f"step {step}" + (f" (epoch {epoch})" if epoch is not None else "")
+        raise TrainingError(f"the weights became non-finite (NaN/inf) at {where}, e.g. {', '.join(names[:3])}; "
+                            "the run stopped. Lower lr, add grad_clip, or use precision='32'")
+
+
 def resolve_split(vs_format: str, split: str) -> str:
     return ("paper" if vs_format == "acdc" else "random") if split == "auto" else split
 

@@ -83,6 +83,22 @@ def _build_ssl(cfg: PretrainConfig, unet, data: PretrainData):
     return HSSL(unet, num_tasks=len(data.dataset.tasks), num_groups=len(data.dataset.groups), **opts)
 
 
+def warmup_steps(warmup_epochs: float | None, steps_per_epoch: int, total: int) -> int:
+    """Warm-up steps of a pretraining run of ``total`` steps, bounded by the run's length.
+
+    ``None`` (the default): one epoch, but at most 10 % of the run — a run capped by
+    ``max_steps`` (e.g. a large multi-domain pool) still spends most of its steps at the peak
+    rate and in the decay. An explicit ``warmup_epochs`` longer than the run is an error.
+    """
+    if warmup_epochs is None:
+        return min(steps_per_epoch, max(total // 10, 1))
+    steps = int(round(warmup_epochs * steps_per_epoch))
+    if steps > total:
+        raise ParameterError(f"warmup_epochs={warmup_epochs}: {steps} warm-up steps but the run has only {total} "
+                             f"steps ({steps_per_epoch} per epoch, max_steps/epochs); lower it or leave it None")
+    return steps
+
+
 def pretrain(cfg: PretrainConfig | None = None, **params) -> dict:
     """Run (or resume, or return the finished) pretraining described by ``cfg`` / ``params``."""
     return loop.run_guarded(cfg or PretrainConfig(**params), "pretrain", _pretrain)
@@ -110,7 +126,7 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
     base_lr = cfg.lr or loop.default_lr(cfg.optimizer, cfg.batch_size * fabric.world_size)
     optimizer = loop.make_optimizer(cfg.optimizer, model, base_lr, wd)
     model, optimizer = fabric.setup(model, optimizer)
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    warmup = warmup_steps(cfg.warmup_epochs, steps_per_epoch, total)
     start = 0
     last = rd.checkpoints / "last.pt"
     if last.is_file():
@@ -170,6 +186,7 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
             loop.check_finite(loss, step, epoch)
             loop.optimise(fabric, model, optimizer, loss, cfg.grad_clip)
             momentum = loop.unwrap(model).update_target(step, total) if cfg.method == "byol" else None
+            loop.check_finite_weights(model, step, epoch)
             run_loss += float(loss.detach())
             run_n += 1
             images += x.shape[0] * fabric.world_size
@@ -208,6 +225,7 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
     finally:
         bar.close()
     loop.check_ranks_in_sync(fabric, loop.unwrap(model))
+    loop.check_finite_weights(model, total, buffers=True)
     epochs_done = total / steps_per_epoch
     final = save_medssl(rd.checkpoints / "final.pt", round(epochs_done, 3) if epochs_done % 1 else int(epochs_done))
     rd.flush_history()
@@ -222,6 +240,9 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
         "knn": {"by": data.knn_by, "first": knn_values[0] if knn_values else None,
                 "last": knn_values[-1] if knn_values else None},
         "final_loss": next((r["loss"] for r in reversed(rd.rows) if "loss" in r), None),
+        "schedule": {"base_lr": base_lr, "warmup_steps": warmup, "steps_per_epoch": steps_per_epoch,
+                     **({"base_momentum": loop.unwrap(model).resolved_base_momentum(total)}
+                        if cfg.method == "byol" else {})},
         "timings": {"total_s": round(time.perf_counter() - t0, 2), "train_s": round(train_time, 2),
                     "images_per_s": round((total - start) * cfg.batch_size * fabric.world_size / train_time, 1)
                     if train_time else None},
