@@ -24,7 +24,7 @@ from torch import nn
 from medssl_utils.data import MultiDomainDataset, SliceDataset, SSLAugment, load_dataset, slice_cache
 from medssl_utils.errors import ParameterError
 from medssl_utils.models.byol import BYOL, auto_base_momentum, momentum_schedule
-from medssl_utils.models.hssl import HSSL
+from medssl_utils.models.hssl import HSSL, _sample, corresponding_points
 from medssl_utils.models.knn import dataset_labels, embed_dataset, knn_accuracy, knn_probe, position_bins
 from medssl_utils.models.simclr import SimCLR
 
@@ -77,23 +77,35 @@ def batch_of(dataset, n: int, seed: int = 0) -> dict:
 AUG = SSLAugment(scale=(0.6, 1.0), jitter_p=0.0, gamma_p=0.0, blur_p=0.0, noise_p=0.0)
 
 
-def loss_before_after(model, images, extra=(), steps: int = 10, lr: float = 3e-3, on_step=None, view_seed=1):
+def loss_before_after(model, images, extra=(), steps: int = 10, lr: float = 3e-3, on_step=None, view_seed=1,
+                      geometry: bool = False):
     """Mean loss on two fixed view pairs before and after ``steps`` Adam steps on fresh views.
 
     The model stays in train mode throughout (batch-norm batch statistics, as in training).
+    With ``geometry`` the views' crop geometry follows the tags (HSSL's dense level).
     """
     gen = torch.Generator().manual_seed(view_seed)
-    fixed = [AUG(images, gen) for _ in range(2)]
+
+    def views():
+        if not geometry:
+            return AUG(images, gen)
+        v1, v2, th1, th2 = AUG.views_with_geometry(images, gen)
+        return v1, v2, th1, th2
+
+    def call(v):
+        return model(v[0], v[1], *extra, *v[2:])
+
+    fixed = [views() for _ in range(2)]
 
     def evaluate():
         with torch.no_grad():
-            return float(np.mean([float(model(v1, v2, *extra)[0]) for v1, v2 in fixed]))
+            return float(np.mean([float(call(v)[0]) for v in fixed]))
 
     torch.manual_seed(0)
     before = evaluate()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     for step in range(steps):
-        loss, _ = model(*AUG(images, gen), *extra)
+        loss, _ = call(views())
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -124,7 +136,7 @@ def test_hssl_loss_falls_on_multi_domain_slices(multi_domain):
     assert len(set(batch["task"].tolist())) == 3 and len(set(batch["group"].tolist())) == 2
     unet = tiny_unet()
     hssl = HSSL(unet, num_tasks=len(multi_domain.tasks), num_groups=len(multi_domain.groups), **SMALL)
-    before, after = loss_before_after(hssl, batch["image"], extra=(batch["task"], batch["group"]))
+    before, after = loss_before_after(hssl, batch["image"], extra=(batch["task"], batch["group"]), geometry=True)
     assert after < before - 0.1, (before, after)
 
 
@@ -310,17 +322,27 @@ def tags(n: int, k: int) -> torch.Tensor:
     return torch.arange(n) % k
 
 
+IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+HFLIP = torch.tensor([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # view 2 = view 1 flipped left-right
+
+
+def flipped_geometry(b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Geometry of the pair (x, x.flip(-1)): the whole image, the second one mirrored."""
+    return IDENTITY.expand(b, 2, 3), HFLIP.expand(b, 2, 3)
+
+
 @pytest.mark.parametrize("weights", [
-    {"image": 1.0, "task": 1.0, "group": 1.0},
-    {"image": 1.0, "task": 0.0, "group": 0.0},
-    {"image": 0.0, "task": 2.0, "group": 0.0},
-    {"image": 0.5, "task": 0.0, "group": 3.0},
+    {"image": 1.0, "task": 1.0, "group": 1.0, "dense": 1.0},
+    {"image": 1.0, "task": 0.0, "group": 0.0, "dense": 0.0},
+    {"image": 0.0, "task": 2.0, "group": 0.0, "dense": 0.0},
+    {"image": 0.5, "task": 0.0, "group": 3.0, "dense": 0.0},
+    {"image": 0.0, "task": 0.0, "group": 0.0, "dense": 2.0},
 ])
 def test_hssl_weights_toggle_levels(weights):
     unet = tiny_unet()
     hssl = HSSL(unet, num_tasks=3, num_groups=2, weights=weights, **SMALL)
     x = torch.randn(6, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
-    loss, logs = hssl(x, x.flip(-1), tags(6, 3), tags(6, 2))
+    loss, logs = hssl(x, x.flip(-1), tags(6, 3), tags(6, 2), *flipped_geometry(6))
     on = [k for k, w in weights.items() if w > 0]
     assert hssl.levels == tuple(on)
     assert {k for k in logs if k.startswith("loss_")} == {f"loss_{k}" for k in on}
@@ -330,6 +352,9 @@ def test_hssl_weights_toggle_levels(weights):
         if level in on:
             assert 0.0 <= float(logs[f"{level}_acc"]) <= 1.0
         assert (getattr(hssl, f"{level}_heads") is None) == (level not in on)
+    assert ("dense_acc" in logs) == ("dense" in on) and (hssl.dense_head is None) == ("dense" not in on)
+    if "dense" in on:
+        assert float(logs["dense_points"]) == 6 * 36  # a mirrored whole image: every grid point lies in view 2
     torch.testing.assert_close(loss.detach(), sum(weights[k] * logs[f"loss_{k}"] for k in on))
     torch.testing.assert_close(logs["loss"], loss.detach())
 
@@ -345,7 +370,7 @@ def test_hssl_trains_the_decoder():
     before = {n: p.detach().clone() for n, p in unet.decoder.named_parameters()}
     opt = torch.optim.Adam(hssl.parameters(), lr=1e-3)
     x = torch.randn(4, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
-    loss, logs = hssl(x, x.flip(-1), tags(4, 3), tags(4, 2))
+    loss, logs = hssl(x, x.flip(-1), tags(4, 3), tags(4, 2), *flipped_geometry(4))
     loss.backward()
     for name, p in unet.decoder.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, f"decoder.{name} got no gradient"
@@ -356,7 +381,8 @@ def test_hssl_trains_the_decoder():
 
 def test_hssl_without_decoder_branch_leaves_decoder_untouched():
     unet = tiny_unet()
-    hssl = HSSL(unet, num_tasks=3, num_groups=2, pretrain_decoder=False, **SMALL)
+    hssl = HSSL(unet, num_tasks=3, num_groups=2, pretrain_decoder=False, **SMALL,
+                weights={"image": 1.0, "task": 1.0, "group": 1.0, "dense": 0.0})
     x = torch.randn(4, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
     hssl(x, x.flip(-1), tags(4, 3), tags(4, 2))[0].backward()
     assert hssl.branches == ("encoder",)
@@ -366,15 +392,18 @@ def test_hssl_without_decoder_branch_leaves_decoder_untouched():
 
 def test_hssl_refuses_bad_arguments():
     unet = tiny_unet()
-    for bad in (dict(weights={"image": 1.0}), dict(weights={"image": 1.0, "task": 1.0, "group": 1.0, "x": 1}),
-                dict(weights={"image": -1.0, "task": 1.0, "group": 1.0}),
-                dict(weights={"image": 0, "task": 0, "group": 0}),
-                dict(num_tasks=1), dict(temperature=0.0)):
+    for bad in (dict(weights={"image": 1.0}),
+                dict(weights={"image": 1.0, "task": 1.0, "group": 1.0, "dense": 1.0, "x": 1}),
+                dict(weights={"image": -1.0, "task": 1.0, "group": 1.0, "dense": 1.0}),
+                dict(weights={"image": 0, "task": 0, "group": 0, "dense": 0}),
+                dict(weights={"image": 1.0, "task": 1.0, "group": 1.0}),  # a level left out: say so
+                dict(pretrain_decoder=False),  # the dense level needs the decoder
+                dict(num_tasks=1), dict(temperature=0.0), dict(standardize="yes")):
         kwargs = dict(num_tasks=3, num_groups=2, **SMALL) | bad
         with pytest.raises(ParameterError):
             HSSL(unet, **kwargs)
     # one task is fine once the task level is off (single-domain pretraining)
-    HSSL(unet, num_tasks=1, num_groups=1, weights={"image": 1.0, "task": 0.0, "group": 0.0}, **SMALL)
+    HSSL(unet, num_tasks=1, num_groups=1, weights={"image": 1.0, "task": 0.0, "group": 0.0, "dense": 1.0}, **SMALL)
     hssl = HSSL(unet, num_tasks=3, num_groups=2, **SMALL)
     x = torch.randn(4, 1, SIZE, SIZE)
     with pytest.raises(ParameterError, match="task ids"):
@@ -383,6 +412,38 @@ def test_hssl_refuses_bad_arguments():
         hssl(x, x, tags(4, 3), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ParameterError, match="at least 2"):
         hssl(x[:1], x[:1], tags(1, 3), tags(1, 2))
+    with pytest.raises(ParameterError, match="the dense level needs theta1"):
+        hssl(x, x, tags(4, 3), tags(4, 2))
+
+
+def test_views_with_geometry_maps_points_between_views():
+    """The same anatomical point sampled in both views reads the same intensity (no intensity change)."""
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 48), torch.linspace(-1, 1, 48), indexing="ij")
+    smooth = (torch.sin(3 * xx) + torch.cos(2 * yy) + xx * yy)[None, None].repeat(8, 1, 1, 1)
+    aug = SSLAugment(output_size=32, scale=(0.2, 1.0), rotation=30, hflip_p=0.5, vflip_p=0.5, jitter_p=0,
+                     gamma_p=0, blur_p=0, noise_p=0)
+    v1, v2, th1, th2 = aug.views_with_geometry(smooth, torch.Generator().manual_seed(0))
+    same1, same2 = aug(smooth, torch.Generator().manual_seed(0))
+    assert torch.equal(v1, same1) and torch.equal(v2, same2)  # same draws as __call__
+    q1, q2, valid = corresponding_points(th1, th2, grid=6)
+    assert valid.any(dim=1).all() and not valid.all()  # some crops overlap only in part
+    a, b = _sample(v1, q1)[valid], _sample(v2, q2)[valid]
+    assert (a - b).abs().max() < 0.15 * float(smooth.std())  # bilinear resampling twice, nothing more
+    shuffled = _sample(v2, q2.roll(1, dims=1))[valid]
+    assert (a - shuffled).abs().mean() > 5 * (a - b).abs().mean()  # the test can fail
+
+
+def test_hssl_standardized_input_hides_the_intensity_range():
+    """task/group cannot be read from the intensity range: x and a*x + b give the same features."""
+    unet = tiny_unet()
+    hssl = HSSL(unet, num_tasks=3, num_groups=2, **SMALL).eval()
+    x = torch.randn(4, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = hssl.representations(x), hssl.representations(3.0 * x - 2.0)
+        torch.testing.assert_close(a["encoder"], b["encoder"], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(hssl.embed(x), hssl.embed(0.5 * x + 1.0), atol=1e-4, rtol=1e-4)
+        plain = HSSL(unet, num_tasks=3, num_groups=2, standardize=False, **SMALL).eval()
+        assert not torch.allclose(plain.embed(x), plain.embed(3.0 * x - 2.0), atol=1e-3)
 
 
 def test_methods_refuse_a_wrong_feature_dim():

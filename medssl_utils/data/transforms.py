@@ -339,8 +339,24 @@ class SSLAugment(_Describe):
         """Two views of every image, with independent random parameters per sample and view."""
         return self.view(images, generator, 0), self.view(images, generator, 1)
 
+    def views_with_geometry(self, images: torch.Tensor, generator: torch.Generator
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(view1, view2, theta1, theta2)``: the two views of :meth:`__call__` (same draws, same
+        output) and their geometry. ``theta_k`` (B, 2, 3) maps a position in view k (normalised
+        coordinates, ``align_corners=False``: -1..1 across the view) to the same anatomical
+        position in the input image (normalised likewise): ``p_in = theta[:, :, :2] @ p_view +
+        theta[:, :, 2]``. Dense (per-pixel) self-supervision uses it to find where a point of
+        one view lies in the other.
+        """
+        v1, th1 = self._view(images, generator, 0)
+        v2, th2 = self._view(images, generator, 1)
+        return v1, v2, th1, th2
+
     def view(self, images: torch.Tensor, generator: torch.Generator, index: int = 0) -> torch.Tensor:
         """One augmented view (B, C, *output_size) using the probabilities of view ``index``."""
+        return self._view(images, generator, index)[0]
+
+    def _view(self, images: torch.Tensor, generator: torch.Generator, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         _check_inputs(images)
         _check_generator(generator)
         if index not in (0, 1):
@@ -368,7 +384,7 @@ class SSLAugment(_Describe):
 
         x = _warp_images(images, theta, out_hw)
         probs = {k: getattr(self, k)[index] for k in ("jitter_p", "gamma_p", "blur_p", "noise_p")}
-        return _intensity(x, generator, self, probs)
+        return _intensity(x, generator, self, probs), theta
 
 
 # --------------------------------------------------------------------------- segmentation

@@ -4,7 +4,7 @@ After Zheng et al., MICCAI 2021 ("Hierarchical Self-Supervised Learning for Medi
 Segmentation Based on Multi-Domain Data Aggregation"; no public code). Unlabelled slices
 from several datasets are pooled; each slice carries a ``task`` id (which dataset /
 challenge it comes from) and a ``group`` id (a coarser grouping such as modality), as
-:class:`~medssl_utils.data.MultiDomainDataset` provides. The loss has three levels:
+:class:`~medssl_utils.data.MultiDomainDataset` provides. The loss has four levels:
 
 =========  ==================================================================  ==========
 level      term                                                                default w
@@ -12,33 +12,44 @@ level      term                                                                d
 image      NT-Xent between the two views of each image (instance contrast)     1.0
 task       cross-entropy of a linear head predicting the task id, both views   1.0
 group      cross-entropy of a linear head predicting the group id, both views  1.0
+dense      NT-Xent between the decoder's features at the same anatomical       1.0
+           point in the two views (pixel-level contrast, decoder only)
 =========  ==================================================================  ==========
 
-``loss = w_image * L_image + w_task * L_task + w_group * L_group``; a level with weight 0
-is skipped entirely (no head is built, nothing is computed or logged for it). The paper
-does not publish its weights; equal weights are medssl's choice, because at
-initialisation the three terms are of the same order (NT-Xent about ``log(2B - 1)``, the
-classifiers about ``log(num_tasks)`` and ``log(num_groups)``) and the classification terms
-then fall fast, leaving the contrastive term to dominate later training.
+``loss = sum_level w_level * L_level``; a level with weight 0 is skipped entirely (no head is
+built, nothing is computed or logged for it). The paper does not publish its weights; equal
+weights are medssl's choice, because at initialisation the terms are of the same order
+(NT-Xent about ``log(2N - 1)``, the classifiers about ``log(num_tasks)`` and ``log(num_groups)``).
 
 How the decoder is trained (medssl's design; the paper only says that the encoder-decoder
-is pretrained). Every level is applied to two *branches* and averaged over them:
+is pretrained). The image, task and group levels are applied to two *branches* and averaged
+over them:
 
 - encoder branch: the deepest encoder feature map, globally average-pooled,
   ``(B, unet.encoder.out_channels[-1])``;
 - decoder branch: the decoder's last feature map (the input of the segmentation head),
   ``(B, decoder_channels[-1], H, W)``, globally average-pooled to ``(B, decoder_channels[-1])``.
 
-Each branch has its own projection head (lightly's SimCLRProjectionHead) and its own
-linear task / group heads. The decoder branch's losses reach every decoder block and,
-through the skip connections, every encoder stage, so the decoder is pretrained with the
-same three-level signal as the encoder. A dense (per-pixel) contrastive term between the
-two views' decoder maps is not used: it needs the geometric correspondence between the
-views, which the batched two-view augmentation does not return.
+Pooling throws away where things are, and a segmentation decoder is all about where. The
+**dense** level gives the decoder a spatial signal: a fixed grid of ``dense_grid`` ×
+``dense_grid`` points in view 1 is mapped through the two views' crop geometry
+(:meth:`~medssl_utils.data.SSLAugment.views_with_geometry`) to the same anatomical points in
+view 2; points that fall outside view 2 are dropped. The decoder's feature vectors at those
+points (bilinear samples of its full-resolution last map) go through a small projection head,
+and NT-Xent makes each point's two feature vectors agree while disagreeing with every other
+point of the batch (other positions of the same image and all positions of the other images):
+a pixel-level contrast with known correspondence, as in PixPro / DenseCL. Its negatives stay
+within the process (the number of valid points differs between processes). Its reaches every
+decoder block and, through the skip connections, every encoder stage.
 
-The U-Net's segmentation head is not part of this module (it gets no signal here, and
-leaving it out keeps DDP free of unused parameters); ``hssl.encoder`` and
-``hssl.decoder`` *are* ``unet.encoder`` and ``unet.decoder``.
+Shortcuts. Task and group can be told from intensity ranges alone (CT is windowed to
+``[-1, 1]``, MR z-scored), which a classifier learns in a few steps without learning anything
+about anatomy. With ``standardize=True`` (default) every view is z-scored per image (its own
+mean and standard deviation) before the network, here and in :meth:`embed`, so the absolute
+intensity range carries no label; the per-view jitter, gamma, blur and noise of
+:class:`~medssl_utils.data.SSLAugment` then perturb the histogram's shape.
+``benchmarks/hssl_levels.py`` measures what a classifier on intensity statistics alone
+achieves with and without it, and what each level learns (README: HSSL).
 """
 
 from __future__ import annotations
@@ -61,8 +72,8 @@ from medssl_utils.models.ssl_common import (
 
 __all__ = ["DEFAULT_WEIGHTS", "HSSL", "LEVELS"]
 
-LEVELS = ("image", "task", "group")
-DEFAULT_WEIGHTS = {"image": 1.0, "task": 1.0, "group": 1.0}
+LEVELS = ("image", "task", "group", "dense")
+DEFAULT_WEIGHTS = {"image": 1.0, "task": 1.0, "group": 1.0, "dense": 1.0}
 
 
 def _check_weights(weights) -> dict[str, float]:
@@ -96,6 +107,40 @@ def _decoder_channels(unet: nn.Module) -> int:
     return conv.in_channels
 
 
+def standardize_views(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Each image of ``x`` (B, C, H, W) z-scored by its own mean and standard deviation."""
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    std = x.std(dim=(1, 2, 3), keepdim=True, unbiased=False)
+    return (x - mean) / (std + eps)
+
+
+def corresponding_points(theta1: torch.Tensor, theta2: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                           torch.Tensor]:
+    """Points of a ``grid`` x ``grid`` lattice in view 1 and where the same input points lie in view 2.
+
+    ``theta_k`` (B, 2, 3) map view-k positions to input positions (normalised coordinates,
+    ``align_corners=False``; :meth:`~medssl_utils.data.SSLAugment.views_with_geometry`).
+    Returns ``(q1, q2, valid)``: ``q1``, ``q2`` (B, grid*grid, 2) as ``(x, y)`` in each view's
+    normalised coordinates, and ``valid`` (B, grid*grid) True where the point lies inside view 2.
+    """
+    b = theta1.shape[0]
+    centres = (torch.arange(grid, device=theta1.device, dtype=theta1.dtype) + 0.5) / grid * 2 - 1
+    yy, xx = torch.meshgrid(centres, centres, indexing="ij")
+    q1 = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1).expand(b, -1, -1)  # (B, P, 2)
+    p_in = q1 @ theta1[:, :, :2].transpose(1, 2) + theta1[:, None, :, 2]
+    a2 = theta2[:, :, :2]
+    q2 = (p_in - theta2[:, None, :, 2]) @ torch.linalg.inv(a2).transpose(1, 2)
+    valid = (q2.abs() <= 1).all(dim=2)
+    return q1, q2, valid
+
+
+def _sample(feature_map: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of ``feature_map`` (B, C, H, W) at ``points`` (B, P, 2) -> (B, P, C)."""
+    out = F.grid_sample(feature_map, points.unsqueeze(2).to(feature_map.dtype), mode="bilinear",
+                        padding_mode="border", align_corners=False)
+    return out.squeeze(3).transpose(1, 2)
+
+
 class HSSL(nn.Module):
     """Hierarchical SSL of an smp U-Net's encoder and decoder (see the module docstring).
 
@@ -105,19 +150,26 @@ class HSSL(nn.Module):
             level is on.
         num_groups: number of group ids (``len(MultiDomainDataset.groups)``); >= 2 when the
             group level is on.
-        weights: ``{"image": w, "task": w, "group": w}``, every level named, each ``>= 0``.
+        weights: ``{"image": w, "task": w, "group": w, "dense": w}``, every level named, each
+            ``>= 0``.
         temperature: NT-Xent temperature of the image level.
         projection_dim, hidden_dim: the image level's projection heads (feature -> hidden ->
             projection), one per branch.
         pretrain_decoder: apply the levels to the decoder branch too (default). With False
-            only the encoder is trained, as in BYOL / SimCLR.
+            only the encoder is trained, as in BYOL / SimCLR (the dense level needs the decoder).
         decoder_dim: channels of the decoder output; read from the segmentation head when None.
         gather_distributed: gather negatives of the image level from all processes under DDP.
+        dense_grid: the dense level's lattice in view 1 (``dense_grid`` ** 2 candidate points).
+        dense_dim, dense_hidden_dim: its projection head (decoder_dim -> hidden -> dense_dim).
+        dense_temperature: its NT-Xent temperature.
+        standardize: z-score each view per image before the network (no intensity-range shortcut).
     """
 
     def __init__(self, unet: nn.Module, num_tasks: int, num_groups: int, weights: dict | None = None,
                  temperature: float = 0.1, projection_dim: int = 128, hidden_dim: int = 2048,
-                 pretrain_decoder: bool = True, decoder_dim: int | None = None, gather_distributed: bool = True):
+                 pretrain_decoder: bool = True, decoder_dim: int | None = None, gather_distributed: bool = True,
+                 dense_grid: int = 6, dense_dim: int = 64, dense_hidden_dim: int = 256,
+                 dense_temperature: float = 0.2, standardize: bool = True):
         super().__init__()
         self.weights = _check_weights(DEFAULT_WEIGHTS if weights is None else weights)
         self.num_tasks = check_dim("num_tasks", num_tasks)
@@ -128,9 +180,18 @@ class HSSL(nn.Module):
                     f"num_{level}s={n}: the {level} level needs at least 2 classes; "
                     f"set weights[{level!r}]=0 for single-{level} pretraining"
                 )
+        if self.weights["dense"] > 0 and not pretrain_decoder:
+            raise ParameterError("weights['dense'] > 0 needs pretrain_decoder=True (the dense level trains the "
+                                 "decoder); set weights['dense']=0 to pretrain the encoder alone")
         check_dim("projection_dim", projection_dim)
         check_dim("hidden_dim", hidden_dim)
+        self.dense_grid = check_dim("dense_grid", dense_grid)
+        check_dim("dense_dim", dense_dim)
+        check_dim("dense_hidden_dim", dense_hidden_dim)
         self.temperature = check_positive("temperature", temperature)
+        if not isinstance(standardize, bool):
+            raise ParameterError(f"standardize={standardize!r} must be True or False")
+        self.standardize = standardize
 
         self.encoder = unet.encoder
         self.feature_dim = check_dim("feature_dim", int(unet.encoder.out_channels[-1]))
@@ -147,7 +208,11 @@ class HSSL(nn.Module):
         self.projectors = self._heads("image", dims, lambda d: SimCLRProjectionHead(d, hidden_dim, projection_dim))
         self.task_heads = self._heads("task", dims, lambda d: nn.Linear(d, num_tasks))
         self.group_heads = self._heads("group", dims, lambda d: nn.Linear(d, num_groups))
+        self.dense_head = (SimCLRProjectionHead(self.decoder_dim, dense_hidden_dim, dense_dim)
+                           if self.weights["dense"] > 0 else None)
         self.contrastive = NTXentLoss(temperature=self.temperature, gather_distributed=bool(gather_distributed))
+        self.dense_contrastive = NTXentLoss(temperature=check_positive("dense_temperature", dense_temperature),
+                                            gather_distributed=False)
 
     def _heads(self, level: str, dims: dict[str, int], make) -> nn.ModuleDict | None:
         if self.weights[level] == 0:
@@ -156,19 +221,28 @@ class HSSL(nn.Module):
 
     @property
     def levels(self) -> tuple[str, ...]:
-        """The levels switched on (weight > 0), in order image, task, group."""
+        """The levels switched on (weight > 0), in order image, task, group, dense."""
         return tuple(k for k in LEVELS if self.weights[k] > 0)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled encoder features ``(B, feature_dim)`` of images ``(B, C, H, W)``."""
-        return check_features(pooled(self.encoder(x)), self.feature_dim)
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        return standardize_views(x) if self.standardize else x
 
-    def representations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Pooled features per branch: ``{"encoder": (B, feature_dim)[, "decoder": (B, decoder_dim)]}``."""
-        features = self.encoder(x)
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled encoder features ``(B, feature_dim)`` of images ``(B, C, H, W)`` (standardised like the views)."""
+        return check_features(pooled(self.encoder(self._input(x))), self.feature_dim)
+
+    def representations(self, x: torch.Tensor, keep_map: bool = False) -> dict[str, torch.Tensor]:
+        """Pooled features per branch: ``{"encoder": (B, feature_dim)[, "decoder": (B, decoder_dim)]}``.
+
+        With ``keep_map`` also ``"decoder_map"``: the decoder's last feature map (B, decoder_dim, H, W).
+        """
+        features = self.encoder(self._input(x))
         out = {"encoder": check_features(pooled(features), self.feature_dim)}
         if self.decoder is not None:
-            out["decoder"] = check_features(pooled(self.decoder(features)), self.decoder_dim, "decoder")
+            dmap = self.decoder(features)
+            out["decoder"] = check_features(pooled(dmap), self.decoder_dim, "decoder")
+            if keep_map:
+                out["decoder_map"] = dmap
         return out
 
     def _check_tags(self, name: str, tags, batch: int, n: int) -> torch.Tensor:
@@ -191,21 +265,42 @@ class HSSL(nn.Module):
                 correct.append((logits.detach().argmax(dim=1) == target).float().mean())
         return torch.stack(losses).mean(), torch.stack(correct).mean()
 
-    def forward(self, view1: torch.Tensor, view2: torch.Tensor, task, group) -> tuple[torch.Tensor, dict]:
+    def _dense(self, map1: torch.Tensor, map2: torch.Tensor, theta1, theta2) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                       torch.Tensor]:
+        """Pixel-level NT-Xent over corresponding points; returns (loss, accuracy, number of points)."""
+        for name, th in (("theta1", theta1), ("theta2", theta2)):
+            if not isinstance(th, torch.Tensor) or th.shape != (map1.shape[0], 2, 3):
+                raise ParameterError(f"the dense level needs {name}: the (B, 2, 3) view geometry from "
+                                     "SSLAugment.views_with_geometry; got "
+                                     f"{tuple(th.shape) if isinstance(th, torch.Tensor) else th!r}")
+        q1, q2, valid = corresponding_points(theta1.float(), theta2.float(), self.dense_grid)
+        f1, f2 = _sample(map1, q1)[valid], _sample(map2, q2)[valid]  # (N, decoder_dim) each
+        n = f1.shape[0]
+        if n < 2:  # no overlap between the views anywhere in the batch: nothing to contrast
+            zero = map1.sum() * 0.0
+            return zero, zero.detach(), torch.tensor(float(n))
+        z1, z2 = self.dense_head(f1), self.dense_head(f2)
+        return self.dense_contrastive(z1, z2), contrastive_accuracy(z1, z2), torch.tensor(float(n))
+
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor, task, group, theta1: torch.Tensor | None = None,
+                theta2: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """Weighted hierarchical loss for two views ``(B, C, H, W)`` of B images and their tags.
 
         ``task`` and ``group`` are integer ``(B,)`` ids (the same for both views); a level
         switched off ignores its ids (pass anything of the right shape, e.g. zeros).
+        ``theta1``, ``theta2``: the views' geometry (B, 2, 3), needed by the dense level.
 
         Returns ``(loss, logs)``; ``logs`` holds detached 0-d tensors: ``loss``, and for each
         level switched on its *unweighted* loss ``loss_<level>``, plus ``contrast_acc``
         (image level), ``task_acc`` and ``group_acc`` (classification accuracy over both
-        views and all branches).
+        views and all branches), ``dense_acc`` (fraction of points whose nearest projection is
+        their own other view; chance 1 / (2N - 1)) and ``dense_points`` (N).
         """
         check_views(view1, view2)
         b = view1.shape[0]
         device = view1.device
-        reps1, reps2 = self.representations(view1), self.representations(view2)
+        dense = self.dense_head is not None
+        reps1, reps2 = self.representations(view1, keep_map=dense), self.representations(view2, keep_map=dense)
         total = view1.new_zeros(())
         logs: dict[str, torch.Tensor] = {}
 
@@ -228,6 +323,11 @@ class HSSL(nn.Module):
             level, acc = self._classify(heads, reps1, reps2, target)
             total = total + self.weights[name] * level
             logs[f"loss_{name}"], logs[f"{name}_acc"] = level.detach(), acc
+
+        if dense:
+            level, acc, n = self._dense(reps1["decoder_map"], reps2["decoder_map"], theta1, theta2)
+            total = total + self.weights["dense"] * level
+            logs["loss_dense"], logs["dense_acc"], logs["dense_points"] = level.detach(), acc, n
 
         logs["loss"] = total.detach()
         return total, logs

@@ -177,10 +177,11 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             g = loop.step_generator(cfg.seed, step, fabric.global_rank, x.device)
-            v1, v2 = aug(x, g)
-            if cfg.method == "hssl":
-                loss, logs = model(v1, v2, batch["task"], batch["group"])
+            if cfg.method == "hssl":  # the dense level needs where each point of one view lies in the other
+                v1, v2, th1, th2 = aug.views_with_geometry(x, g)
+                loss, logs = model(v1, v2, batch["task"], batch["group"], th1, th2)
             else:
+                v1, v2 = aug(x, g)
                 loss, logs = model(v1, v2)
             epoch = step // steps_per_epoch + 1
             loop.check_finite(loss, step, epoch)
