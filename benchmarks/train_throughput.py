@@ -1,16 +1,27 @@
-"""Training throughput: the real data pipeline vs the same model fed in-memory tensors.
+"""Training throughput: the real data pipeline vs in-memory tensors vs the model alone, and GFLOP/s.
 
     python benchmarks/train_throughput.py [--spec phantom:cardiac] [--encoder resnet18] [--image-size 128]
-        [--batch-size 32] [--steps 20] [--warmup 3] [--device auto] [--precision 32] [--channels-last]
+        [--batch-size 32] [--steps 20] [--warmup 3] [--device auto] [--precision 32]
+        [--channels-last | --no-channels-last] [--decoder-channels 64 32 16 16 16] [--threads N]
         [--num-workers 0] [--out FILE]
 
 For BYOL pretraining and for fine-tuning it times ``--steps`` optimiser steps (after
-``--warmup`` untimed ones) twice:
-  pipeline   batches from the slice cache through SliceDataset + DataLoader (the training
-             loops' StreamBatchSampler), moved to the device, augmented there, one step
-  in-memory  one batch already on the device, augmented, one step (no data loading)
-Both include the batched augmentation, which runs on the training device in both cases, so
-``pipeline / in-memory`` is the data pipeline's overhead (target >= 0.9). Reports images/s.
+``--warmup`` untimed ones) three ways:
+  pipeline    batches from the slice cache through SliceDataset + DataLoader (the training
+              loops' StreamBatchSampler), moved to the device, augmented there, one step
+  in-memory   one batch already on the device, augmented, one step (no data loading)
+  model-only  one batch already on the device and already augmented: forward, backward,
+              optimiser step and nothing else
+so ``pipeline / in-memory`` is the data pipeline's overhead (target >= 0.9) and
+``in-memory / model-only`` the augmentation's. Reports images/s.
+
+GFLOP/s: the forward FLOPs of one image are counted with ``torch.utils.flop_counter`` (U-Net for
+fine-tuning; BYOL's online network on both views plus its target network); a training step
+is counted as 3 x the forward of what gets gradients (backward ~ 2 x forward, the usual
+convention: the counter's own backward formula over-counts grouped / depthwise convolutions)
+plus 1 x the forward of the gradient-free target. ``achieved GFLOP/s = FLOPs per image x
+model-only images/s``; next to it the machine's measured float32 matmul GFLOP/s (1024² x 1024²,
+with the same number of threads), so the distance to the hardware limit is visible.
 """
 
 from __future__ import annotations
@@ -34,7 +45,11 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--precision", default="32", choices=("32", "bf16-mixed", "16-mixed"))
-    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                    help="channels_last memory format (default on, as in training)")
+    ap.add_argument("--decoder-channels", type=int, nargs="+", default=None,
+                    help="U-Net decoder channels (default: build_unet's)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--num-workers", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -49,7 +64,10 @@ def main(argv=None) -> int:
     from medssl_utils.models.byol import BYOL
     from medssl_utils.training import StreamBatchSampler, make_fabric
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     fabric = make_fabric(args.device, args.precision)
+    dec = {"decoder_channels": tuple(args.decoder_channels)} if args.decoder_channels else {}
     vs = load_dataset(args.spec)
     cache = slice_cache(vs, image_size=args.image_size)
     labelled = cache.index.index[cache.index.has_label.astype(bool)].to_numpy()
@@ -84,12 +102,13 @@ def main(argv=None) -> int:
     results: dict = {"spec": args.spec, "encoder": args.encoder, "image_size": args.image_size, "batch_size": b,
                      "steps": args.steps, "device": str(fabric.device), "precision": args.precision,
                      "channels_last": args.channels_last, "num_workers": args.num_workers,
+                     "decoder_channels": list(args.decoder_channels) if args.decoder_channels else None,
                      "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "machine": platform.machine(),
                      "gpu": torch.cuda.get_device_name() if fabric.device.type == "cuda" else None}
 
     # --- BYOL pretraining
     torch.manual_seed(0)
-    unet = build_unet(args.encoder, num_classes=2)
+    unet = build_unet(args.encoder, num_classes=2, **dec)
     byol = BYOL(unet.encoder, unet.encoder.out_channels[-1]).to(memory_format=mf)
     opt = torch.optim.AdamW(byol.parameters(), 1e-3)
     byol, opt = fabric.setup(byol, opt)
@@ -105,13 +124,27 @@ def main(argv=None) -> int:
         opt.step()
         byol.update_target(0, 100)
 
+    def byol_model_only(views):
+        v1, v2 = views
+        loss, _ = byol(v1, v2)
+        opt.zero_grad(set_to_none=True)
+        fabric.backward(loss)
+        opt.step()
+        byol.update_target(0, 100)
+
     rows = np.arange(len(cache))
     results["byol_pipeline_images_per_s"] = timed(byol_step, loader(rows, False))
     results["byol_in_memory_images_per_s"] = timed(byol_step, in_memory(rows, False))
+    fixed = ssl_aug(next(in_memory(rows, False))["image"].contiguous(memory_format=mf), gen)
+    results["byol_model_only_images_per_s"] = timed(byol_model_only, (fixed for _ in range(n_steps)))
+    raw = byol.module if hasattr(byol, "module") else byol
+    online = forward_flops(lambda: (raw._online(fixed[0]), raw._online(fixed[1])))
+    target = forward_flops(lambda: (raw._target(fixed[0]), raw._target(fixed[1])))
+    results["byol_gflop_per_image"] = (3 * online + target) / b / 1e9
 
     # --- fine-tuning
     torch.manual_seed(0)
-    model = build_unet(args.encoder, num_classes=len(vs.labels)).to(memory_format=mf)
+    model = build_unet(args.encoder, num_classes=len(vs.labels), **dec).to(memory_format=mf)
     opt2 = torch.optim.Adam(model.parameters(), 1e-4)
     model, opt2 = fabric.setup(model, opt2)
     seg_aug = SegAugment(output_size=args.image_size)
@@ -124,24 +157,74 @@ def main(argv=None) -> int:
         fabric.backward(loss)
         opt2.step()
 
+    def ft_model_only(batch):
+        x, y = batch
+        loss = loss_fn(model(x), y)
+        opt2.zero_grad(set_to_none=True)
+        fabric.backward(loss)
+        opt2.step()
+
     results["finetune_pipeline_images_per_s"] = timed(ft_step, loader(labelled, True))
     results["finetune_in_memory_images_per_s"] = timed(ft_step, in_memory(labelled, True))
+    first = next(in_memory(labelled, True))
+    xa, ya = seg_aug(first["image"], first["label"], gen)
+    xa = xa.contiguous(memory_format=mf)
+    results["finetune_model_only_images_per_s"] = timed(ft_model_only, ((xa, ya) for _ in range(n_steps)))
+    raw = model.module if hasattr(model, "module") else model
+    results["finetune_gflop_per_image"] = 3 * forward_flops(lambda: raw(xa)) / b / 1e9
+
+    results["matmul_gflop_per_s"] = matmul_gflops(fabric.device)
     for k in ("byol", "finetune"):
         results[f"{k}_ratio"] = round(results[f"{k}_pipeline_images_per_s"] / results[f"{k}_in_memory_images_per_s"], 3)
-        for s in ("pipeline", "in_memory"):
+        results[f"{k}_achieved_gflop_per_s"] = round(results[f"{k}_gflop_per_image"]
+                                                     * results[f"{k}_model_only_images_per_s"], 2)
+        results[f"{k}_gflop_per_image"] = round(results[f"{k}_gflop_per_image"], 4)
+        for s in ("pipeline", "in_memory", "model_only"):
             results[f"{k}_{s}_images_per_s"] = round(results[f"{k}_{s}_images_per_s"], 1)
+    results["matmul_gflop_per_s"] = round(results["matmul_gflop_per_s"], 1)
 
     print(f"{args.spec} at {args.image_size}px, {args.encoder}, batch {b}, {fabric.device} "
           f"({results['gpu'] or str(results['torch_threads']) + ' threads'}), precision {args.precision}"
           f"{', channels_last' if args.channels_last else ''}")
-    print(f"{'':10s} {'pipeline img/s':>15s} {'in-memory img/s':>16s} {'ratio':>6s}")
+    print(f"{'':10s} {'pipeline':>9s} {'in-memory':>10s} {'model-only':>11s} {'ratio':>6s} "
+          f"{'GFLOP/img':>10s} {'GFLOP/s':>8s}  (img/s; matmul {results['matmul_gflop_per_s']:.1f} GFLOP/s)")
     for k in ("byol", "finetune"):
-        print(f"{k:10s} {results[f'{k}_pipeline_images_per_s']:15.1f} {results[f'{k}_in_memory_images_per_s']:16.1f} "
-              f"{results[f'{k}_ratio']:6.3f}")
+        print(f"{k:10s} {results[f'{k}_pipeline_images_per_s']:9.1f} {results[f'{k}_in_memory_images_per_s']:10.1f} "
+              f"{results[f'{k}_model_only_images_per_s']:11.1f} {results[f'{k}_ratio']:6.3f} "
+              f"{results[f'{k}_gflop_per_image']:10.3f} {results[f'{k}_achieved_gflop_per_s']:8.2f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))
     return 0
+
+
+def forward_flops(fn) -> int:
+    """FLOPs of the forward computation ``fn()`` (no gradients), by torch's flop counter."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_gflops(device, n: int = 1024, repeats: int = 20) -> float:
+    """Measured float32 matmul GFLOP/s of ``device`` with torch's current thread count."""
+    import torch
+
+    a = torch.randn(n, n, device=device)
+    c = torch.randn(n, n, device=device)
+    for _ in range(3):
+        a @ c
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ c
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
 if __name__ == "__main__":

@@ -85,6 +85,40 @@ def test_cropping_keeps_monai_full_volume_values_for_masks_touching_the_border()
             (float(dice[k]), float(hd[k]), float(hd95[k])))
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_hausdorff_equals_monai_on_random_blobs(seed):
+    """The scipy implementation gives MONAI's numbers on smooth random shapes, 2D and 3D, anisotropic."""
+    from monai.metrics import compute_hausdorff_distance
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    shape = (40, 36, 9) if seed % 2 else (48, 44)
+    spacing = tuple(float(s) for s in rng.uniform(0.5, 3.0, len(shape)))
+    blobs = [gaussian_filter(rng.standard_normal(shape), 3) > rng.uniform(-0.05, 0.1) for _ in range(2)]
+    assert all(b.any() and not b.all() for b in blobs)
+    pred, gt = (b.astype(np.int64) for b in blobs)
+    m = volume_metrics(pred, gt, spacing, [1])[1]
+    onehot = [torch.from_numpy(b)[None, None] for b in blobs]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        hd = float(compute_hausdorff_distance(*onehot, include_background=True, spacing=list(spacing))[0, 0])
+        hd95 = float(compute_hausdorff_distance(*onehot, include_background=True, spacing=list(spacing),
+                                                percentile=95)[0, 0])
+    assert m["hd"] == pytest.approx(hd, rel=1e-6) and m["hd95"] == pytest.approx(hd95, rel=1e-6)
+    assert m["hd"] > 0
+
+
+def test_volume_metrics_does_not_import_monai():
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from medssl_utils.metrics import volume_metrics; "
+            "a = np.zeros((9, 9, 4), int); a[2:5, 2:5, 1:3] = 1; b = np.roll(a, 1, 0); "
+            "volume_metrics(a, b, (1.0, 1.0, 5.0), [1]); print('monai' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_empty_structure_conventions_without_monai_warnings():
     gt = cube(label=1)
     cube(at=(8, 8, 6), size=(2, 2, 2), label=2, into=gt)        # label 2 only in gt: missed
