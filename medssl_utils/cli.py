@@ -26,8 +26,12 @@ def _cmd_data_summary(args) -> int:
 def _cmd_data_phantoms(args) -> int:
     from medssl_utils.data.phantoms import PHANTOMS, write_phantom
 
+    from medssl_utils.errors import ParameterError
+
     names = args.only or sorted(PHANTOMS)
-    out = Path(args.out)
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ParameterError(f"{out}: is a file; expected a folder to write the phantoms into")
     for name in names:
         t0 = time.perf_counter()
         root = write_phantom(name, out / name, cases=args.cases, seed=args.seed)

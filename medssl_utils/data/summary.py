@@ -20,12 +20,12 @@ def summarize(path: Path, *, decode: bool = True, progress: bool = False) -> dic
     """Summary dict with keys: format, path, cases, labelled_volumes, unlabelled_frames,
     label_values, label_map, spacing_mm ([min, max] per axis), shape_range, slices_labelled,
     phases, groups, subsets, problems."""
-    from medssl_utils.data.decathlon import detect_format
-    from medssl_utils.data.specs import load_dataset
+    from medssl_utils.data.readers import detect_format
+    from medssl_utils.data.specs import DatasetSpec, load_dataset
 
     path = Path(path).expanduser()
     fmt = detect_format(path)
-    vs = load_dataset(f"{fmt}:{path}")
+    vs = load_dataset(DatasetSpec(fmt, str(path)))
     problems: list[str] = []
     label_values: set[int] = set()
     slices_labelled = 0
