@@ -144,10 +144,10 @@ class Reader:
 
 
 def _load_table() -> dict[str, Reader]:
-    from medssl_utils.data.readers import acdc, folder, mni, msd, natural, phantom
+    from medssl_utils.data.readers import acdc, dicom, folder, mni, msd, natural, phantom
 
     table = {}
-    for module in (acdc, msd, folder, phantom, mni, natural):
+    for module in (acdc, msd, folder, phantom, mni, natural, dicom):
         reader = module.READER
         if reader.kind in table:
             raise RuntimeError(f"reader kind {reader.kind!r} registered twice")
