@@ -144,10 +144,10 @@ class Reader:
 
 
 def _load_table() -> dict[str, Reader]:
-    from medssl_utils.data.readers import acdc, dicom, folder, mni, msd, natural, phantom
+    from medssl_utils.data.readers import acdc, dicom, folder, mni, msd, natural, phantom, real
 
     table = {}
-    for module in (acdc, msd, folder, phantom, mni, natural, dicom):
+    for module in (acdc, msd, folder, phantom, mni, natural, dicom, real):
         reader = module.READER
         if reader.kind in table:
             raise RuntimeError(f"reader kind {reader.kind!r} registered twice")
