@@ -91,3 +91,21 @@ def test_real_joins_a_multi_domain_pretraining_pool():
     assert item["image"].shape == (1, 32, 32) and md.tasks[item["task"]] == "real"
     # only training cases enter the pool: 13 real images, random split -> 1 test, 1 validation held out
     assert len(data.pools["real?sources=pydicom-data,pydicom,nibabel"]["train_cases"]) == 11
+
+
+def test_hssl_real_study_compares_pools_that_differ_only_by_real_images():
+    from pathlib import Path
+
+    import medssl_utils.study as st
+
+    s = st.load_study(Path(__file__).resolve().parents[1] / "studies" / "hssl-real.yaml")
+    stages = {r.name: r.params for r in s.runs if r.kind == "pretrain"}
+    assert set(stages) == {"hssl-phantoms", "hssl-phantoms-real"}
+    a, b = stages["hssl-phantoms"], stages["hssl-phantoms-real"]
+    assert b["datasets"] == a["datasets"] + ["real"] and len(a["datasets"]) == 4
+    assert {k: v for k, v in a.items() if k not in ("datasets", "run_dir")} == \
+        {k: v for k, v in b.items() if k not in ("datasets", "run_dir")}
+    ft = [r for r in s.runs if r.kind == "finetune"]
+    assert {r.name for r in ft} == {"scratch", "hssl-phantoms", "hssl-phantoms-real"}
+    assert {r.task for r in ft} == {"cardiac", "abdomen", "brain", "prostate"}
+    assert all(not str(r.params["dataset"]).startswith("real") for r in ft)
