@@ -252,3 +252,43 @@ def test_interrupted_phantom_leaves_nothing_half_written(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"Task92_PhantomBrainMR: writing the phantom failed \(No space left on device\)"):
         phantoms.write_phantom("brain-mr", tmp_path / "out", cases=3, workers=1)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+# --- more of the same kinds ------------------------------------------------------------
+
+@pytest.mark.parametrize("data,expected", [
+    (np.ones((8, 8, 2), np.complex64), r"voxel type complex64 \(c\); expected real numbers"),
+    (np.zeros((8, 8, 2), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")]), r"voxel type .* \(RGB\); expected real"),
+])
+def test_non_real_voxel_types_are_refused(tmp_path, data, expected):
+    save_raw(tmp_path / "ds" / "images" / "a.nii.gz", data)
+    with pytest.raises(DataError, match=r"a.nii.gz: " + expected):
+        load_dataset(f"folder:{tmp_path / 'ds'}")
+
+
+def test_empty_nifti_file_and_folder_named_like_one(tmp_path):
+    (tmp_path / "ds" / "images").mkdir(parents=True)
+    (tmp_path / "ds" / "images" / "a.nii.gz").write_bytes(b"")
+    with pytest.raises(DataError, match=r"a.nii.gz: not a readable NIfTI file"):
+        load_dataset(f"folder:{tmp_path / 'ds'}")
+    (tmp_path / "ds" / "images" / "a.nii.gz").unlink()
+    (tmp_path / "ds" / "images" / "a.nii.gz").mkdir()
+    with pytest.raises(DataError, match=r"a.nii.gz: not a file \(a folder, or a broken symbolic link\)"):
+        load_dataset(f"folder:{tmp_path / 'ds'}")
+
+
+def test_info_cfg_with_a_key_given_twice(tmp_path):
+    write_acdc_patient(tmp_path / "A" / "training" / "patient001", np.random.default_rng(0),
+                       info_lines=["ED: 1", "ES: 3", "NbFrame: 5", "ED: 2"])
+    with pytest.raises(DataError, match=r"Info.cfg:4: 'ED' given again \('1', now '2'\)"):
+        load_dataset(f"acdc:{tmp_path / 'A'}")
+
+
+def test_summary_of_a_file_or_an_empty_dicom_folder(tmp_path, capsys):
+    f = tmp_path / "x.nii.gz"
+    save_raw(f, np.ones((4, 4, 2), np.float32))
+    code, err = cli(capsys, "data", "summary", f)
+    assert code == 2 and one_line(err) and "x.nii.gz: expected a dataset folder, got a file" in err
+    (tmp_path / "d").mkdir()
+    with pytest.raises(DataError, match=r"d: no usable DICOM image series \(first reason: .*d: no files\)"):
+        load_dataset(f"dicom:{tmp_path / 'd'}")

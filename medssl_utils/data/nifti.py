@@ -69,6 +69,10 @@ def read_header(path: Path) -> Header:
         raise DataError(f"{path}: expected an image with at least 2 dimensions, got shape {shape}")
     if any(s < 1 for s in shape):
         raise DataError(f"{path}: has an empty axis (shape {shape}); expected at least one voxel along every axis")
+    dtype = np.dtype(img.get_data_dtype())
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        raise DataError(f"{path}: voxel type {dtype} ({'RGB' if dtype.fields else dtype.kind}); expected real "
+                        "numbers (integer or floating point), one value per voxel")
     pixdim = [float(z) for z in _raw_pixdim(path, img)[: min(3, len(shape))]]
     zooms = tuple(pixdim) + (1.0,) * (3 - len(pixdim))
     if any(not np.isfinite(z) or z <= 0 for z in zooms):

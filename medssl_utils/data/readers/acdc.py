@@ -49,6 +49,8 @@ def parse_info_cfg(path: Path) -> dict:
         if ":" not in line:
             raise DataError(f"{path}:{lineno}: expected 'Key: value', got {line.strip()!r}")
         key, value = (s.strip() for s in line.split(":", 1))
+        if key in info and info[key] != value:
+            raise DataError(f"{path}:{lineno}: '{key}' given again ({info[key]!r}, now {value!r}); expected it once")
         info[key] = value
     for key in ("ED", "ES"):
         if key not in info:
