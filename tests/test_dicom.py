@@ -292,6 +292,19 @@ def pos(*zs):
     return [np.array((0.0, 0.0, z)) for z in zs]
 
 
+def strip_geometry(path: Path) -> None:
+    ds = pydicom.dcmread(path)
+    del ds.ImagePositionPatient, ds.ImageOrientationPatient
+    ds.save_as(path, enforce_file_format=True)
+
+
+def resize(path: Path) -> None:
+    ds = pydicom.dcmread(path)
+    ds.Rows = ROWS - 1
+    ds.PixelData = pixels(0)[:-1].tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
 @pytest.mark.parametrize("make,expected", [
     (lambda d: write_series(d, n=4, positions=pos(0, 2, 4, 8)),
      r"missing slices: a gap of 4.00 mm after .* where the series' spacing is 2.00 mm \(about 1 slice\(s\) missing\)"),
@@ -302,6 +315,13 @@ def pos(*zs):
     (lambda d: (write_series(d, n=2, series_uid="1.2.3", names="a{}"), write_series(d, n=2, series_uid="1.2.3",
                 orientation=CORONAL, names="b{}", origin=(0, 50, 0))),
      r"mixed orientations in series 1.2.3"),
+    (lambda d: (write_series(d, n=2, series_uid="1.2.4", names="a{}"),
+                write_series(d, n=2, series_uid="1.2.4", names="b{}", modality="MR", origin=(0, 0, 90))),
+     r"Modality MR in series 1.2.4 of modality CT"),
+    (lambda d: (write_series(d, n=2, series_uid="1.2.5", names="a{}"), strip_geometry(d / "a1")),
+     r"a1: has no ImagePositionPatient/ImageOrientationPatient, but a0 of the same series has"),
+    (lambda d: (write_series(d, n=2, series_uid="1.2.6", names="a{}"), resize(d / "a1")),
+     r"a1: image size 5×8 differs from 6×8"),
 ])
 def test_inconsistent_series_are_refused_naming_a_file(tmp_path, make, expected, capsys):
     make(tmp_path / "bad")
@@ -313,7 +333,8 @@ def test_inconsistent_series_are_refused_naming_a_file(tmp_path, make, expected,
     code = main(["data", "summary", str(tmp_path / "bad"), "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 1 and out["format"] == "dicom" and out["series"] == 1
-    assert len(out["problems"]) == 1 and str(tmp_path / "bad") in out["problems"][0]
+    assert out["problems"] and all(str(tmp_path / "bad") in p for p in out["problems"])
+    assert [v["id"] for v in out["volumes"]] == ["P001_S3"]  # only the good series, never a bad one in part
 
 
 def test_bad_series_skip_leaves_it_out_with_a_warning(tmp_path):

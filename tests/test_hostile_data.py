@@ -292,3 +292,13 @@ def test_summary_of_a_file_or_an_empty_dicom_folder(tmp_path, capsys):
     (tmp_path / "d").mkdir()
     with pytest.raises(DataError, match=r"d: no usable DICOM image series \(first reason: .*d: no files\)"):
         load_dataset(f"dicom:{tmp_path / 'd'}")
+
+
+@pytest.mark.parametrize("shape,expected", [
+    ((4, 0, 3), r"has an empty axis \(shape \(4, 0, 3\)\)"),
+    ((4, 4, 2, 1, 2), r"has shape \(4, 4, 2, 1, 2\); expected a 2D or 3D image"),
+])
+def test_empty_axes_and_extra_axes_are_refused(tmp_path, shape, expected):
+    save_raw(tmp_path / "ds" / "images" / "a.nii.gz", np.zeros(shape, np.float32))
+    with pytest.raises(DataError, match=r"a.nii.gz: " + expected):
+        load_dataset(f"folder:{tmp_path / 'ds'}")

@@ -115,6 +115,7 @@ class DicomScan:
     ignored: list[str]  # "FILE: why", files left out on purpose
     problems: list[str]  # "FILE: why", files that could not be used
     labels: list[Path]
+    broken: set[str] = field(default_factory=set)  # series uids with a file among the problems
 
 
 # ---------------------------------------------------------------------------- scanning
@@ -289,7 +290,7 @@ def scan(root: Path) -> DicomScan:
         raise DataError(f"{root}: path does not exist")
     files, label_files = _files(root)
     by_uid: dict[str, Series] = {}
-    ignored, problems = [], []
+    ignored, problems, broken = [], [], set()
     for path in files:
         suffixed = path.suffix.lower() in DICOM_SUFFIXES
         if not has_dicm_prefix(path):
@@ -317,6 +318,7 @@ def scan(root: Path) -> DicomScan:
             slices = _slices_of(ds, path)
         except DataError as exc:
             problems.append(str(exc))
+            broken.add(uid)
             continue
         series = by_uid.get(uid)
         if series is None:
@@ -327,10 +329,11 @@ def scan(root: Path) -> DicomScan:
                 body_part=str(_get(ds, "BodyPartExamined", "")))
         elif modality != series.modality:
             problems.append(f"{path}: Modality {modality} in series {uid} of modality {series.modality}")
+            broken.add(uid)
             continue
         series.transfer_syntaxes.add(str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", "")))
         series.slices += slices
-    return DicomScan(root, list(by_uid.values()), ignored, problems, label_files)
+    return DicomScan(root, list(by_uid.values()), ignored, problems, label_files, broken)
 
 
 # ---------------------------------------------------------------------------- geometry
@@ -665,6 +668,8 @@ def read_dicom(root: Path, *, bad_series: str = "error", spec: str | None = None
     volumes: list[Volume] = []
     taken: dict[str, int] = defaultdict(int)
     for series in sorted(result.series, key=lambda s: (s.patient, s.number if s.number is not None else -1, s.uid)):
+        if series.uid in result.broken:  # a file of it is among the problems: never read a series in part
+            continue
         try:
             geo = series_geometry(series)
         except DataError as exc:
