@@ -407,3 +407,9 @@ def test_decode_slices_rejects_a_frame_count_mismatch(tmp_path):
         warnings.simplefilter("ignore")
         with pytest.raises(DataError, match=r"IM0000: decoded pixel array has shape \(1, 5, 8\); expected \(1, 6, 8\)"):
             decode_slices(sl)
+
+
+def test_dicom_export_with_patient_folders_is_not_taken_for_acdc(tmp_path, capsys):
+    write_series(tmp_path / "export" / "patient001" / "ct", n=2)
+    assert main(["data", "summary", str(tmp_path / "export"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["format"] == "dicom"

@@ -186,7 +186,12 @@ def _read(target: str, opts: dict, spec: str) -> VolumeSet:
 
 
 def _detect(root: Path) -> bool:
-    return bool(find_patient_dirs(root))
+    """ACDC when a patient folder holds Info.cfg (a DICOM export may also have patientNNN folders)."""
+    try:
+        dirs = find_patient_dirs(root)
+    except DataError:
+        return True  # a broken patient entry: the ACDC reader names it
+    return any((p / "Info.cfg").is_file() for _, p in dirs)
 
 
 READER = Reader(
