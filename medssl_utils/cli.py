@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="inspect datasets, write phantoms").add_subparsers(dest="data_cmd", required=True)
 
     s = data.add_parser("summary", help="detect a dataset's layout and check every volume")
-    s.add_argument("path", help="dataset folder (ACDC, MSD task folder, or images/ + labels/ folder)")
+    s.add_argument("path", help="dataset folder (ACDC, MSD task folder, images/ + labels/ folder, or DICOM files)")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.add_argument("--headers-only", action="store_true", help="read headers only (fast; skips decoding voxels)")
     s.set_defaults(func=_cmd_data_summary)
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     ph = data.add_parser("phantoms", help="write the synthetic phantom datasets as NIfTI")
     ph.add_argument("out", help="output folder (one sub-folder per phantom)")
     ph.add_argument("--only", nargs="+", metavar="NAME", help="phantoms to write (default: all)")
-    ph.add_argument("--cases", type=int, default=None, help="number of (training) cases per phantom")
+    ph.add_argument("--cases", type=int, default=None, help="number of (training) cases per phantom (1..2000)")
     ph.add_argument("--seed", type=int, default=0)
     ph.set_defaults(func=_cmd_data_phantoms)
 
