@@ -26,8 +26,12 @@ def _cmd_data_summary(args) -> int:
 def _cmd_data_phantoms(args) -> int:
     from medssl_utils.data.phantoms import PHANTOMS, write_phantom
 
+    from medssl_utils.errors import ParameterError
+
     names = args.only or sorted(PHANTOMS)
-    out = Path(args.out)
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ParameterError(f"{out}: is a file; expected a folder to write the phantoms into")
     for name in names:
         t0 = time.perf_counter()
         root = write_phantom(name, out / name, cases=args.cases, seed=args.seed)
@@ -46,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="inspect datasets, write phantoms").add_subparsers(dest="data_cmd", required=True)
 
     s = data.add_parser("summary", help="detect a dataset's layout and check every volume")
-    s.add_argument("path", help="dataset folder (ACDC, MSD task folder, or images/ + labels/ folder)")
+    s.add_argument("path", help="dataset folder (ACDC, MSD task folder, images/ + labels/ folder, or DICOM files)")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.add_argument("--headers-only", action="store_true", help="read headers only (fast; skips decoding voxels)")
     s.set_defaults(func=_cmd_data_summary)
@@ -54,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     ph = data.add_parser("phantoms", help="write the synthetic phantom datasets as NIfTI")
     ph.add_argument("out", help="output folder (one sub-folder per phantom)")
     ph.add_argument("--only", nargs="+", metavar="NAME", help="phantoms to write (default: all)")
-    ph.add_argument("--cases", type=int, default=None, help="number of (training) cases per phantom")
+    ph.add_argument("--cases", type=int, default=None, help="number of (training) cases per phantom (1..2000)")
     ph.add_argument("--seed", type=int, default=0)
     ph.set_defaults(func=_cmd_data_phantoms)
 

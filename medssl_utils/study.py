@@ -142,7 +142,11 @@ RUNNER_OWNED = {
 #: Which runner-owned keys each parameter block may still set.
 ALLOWED_OWNED = {"defaults": {"seed"}, "pretrain.params": {"seed", "init", "datasets"},
                  "stage": {"seed", "init", "datasets"}, "finetune.params": set(), "strategy": set()}
-PATH_SPEC_KINDS = ("acdc", "msd", "folder")
+def _path_kinds() -> tuple[str, ...]:
+    """Dataset kinds whose target is a path (imported lazily: the data layer imports torch)."""
+    from medssl_utils.data.readers import PATH_KINDS
+
+    return PATH_KINDS
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]*")
 NOTEBOOK_FILES = {"pretrain": "01_pretrain.ipynb", "finetune": "02_finetune.ipynb"}
 STATES = ("complete", "failed", "skipped", "running", "pending")
@@ -343,7 +347,7 @@ def _specs(ctx: _Ctx, value, key: str) -> list[str]:
             spec = parse_spec(v)
         except ParameterError as exc:
             raise ctx.error(where, str(exc)) from None
-        if spec.kind in PATH_SPEC_KINDS:
+        if spec.kind in _path_kinds():
             spec = DatasetSpec(spec.kind, str(ctx.resolve(spec.target)), spec.options)
         out.append(str(spec))
     return out
@@ -695,9 +699,14 @@ def preflight_problems(study: Study, runs: list[Run]) -> list[str]:
     for run in runs:
         specs = run.params.get("datasets") or [run.params.get("dataset")]
         for spec in specs:
-            kind, _, target = str(spec).partition(":")
-            target = target.split("?", 1)[0]
-            if kind in PATH_SPEC_KINDS and target not in seen:
+            from medssl_utils.data.specs import parse_spec
+
+            try:
+                parsed = parse_spec(spec)
+            except ParameterError:
+                continue  # load_study already checked the specs; a bad one is reported there
+            kind, target = parsed.kind, parsed.target
+            if kind in _path_kinds() and target not in seen:
                 seen.add(target)
                 if not Path(target).exists():
                     problems.append(f"dataset {spec!r} (used by {run.id}): {target} does not exist; "

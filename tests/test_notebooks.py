@@ -39,8 +39,8 @@ def test_explore_data_toy(tmp_path):
 
 
 def test_explore_data_rejects_bad_parameter(tmp_path):
-    with pytest.raises(pm.PapermillExecutionError, match=r"dataset: .*unknown kind 'dicom'"):
-        run("00_explore_data.ipynb", tmp_path, dataset="dicom:/x")
+    with pytest.raises(pm.PapermillExecutionError, match=r"dataset: .*unknown kind 'nifti'"):
+        run("00_explore_data.ipynb", tmp_path, dataset="nifti:/x")
 
 
 TOY = dict(encoder="test_resnet", image_size=32, decoder_channels=[16, 8, 8, 8, 8], device="cpu")

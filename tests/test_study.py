@@ -406,7 +406,7 @@ STAGE = {"method": "byol", "datasets": ["phantom:cardiac"]}
     ({"finetune": {**GOOD_FT, "labelled_slices": [0]}}, "finetune.labelled_slices", "not a budget"),
     ({"finetune": {**GOOD_FT, "strategies": {"r": "imagnet"}}}, "finetune.strategies.r.init", "not recognised"),
     ({"finetune": {**GOOD_FT, "params": {"seed": 3}}}, "finetune.params.seed", "finetune.seeds"),
-    ({"finetune": {**GOOD_FT, "dataset": "dicom:/x"}}, "finetune.dataset", "unknown kind 'dicom'"),
+    ({"finetune": {**GOOD_FT, "dataset": "nifti:/x"}}, "finetune.dataset", "unknown kind 'nifti'"),
     ({"pretrain": {"stages": {"a": {**STAGE, "init": "stage:b"}, "b": {**STAGE, "init": "stage:a"}}}},
      "pretrain.stages", "cycle: a -> b -> a"),
     ({"pretrain": {"stages": {"a": {"datasets": ["natural"]}}}}, "pretrain.stages.a.method", "required"),

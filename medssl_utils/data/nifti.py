@@ -7,7 +7,9 @@ when its data is touched; :func:`read_array` touches it and turns every low-leve
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import os
 import zlib
 from dataclasses import dataclass
@@ -57,18 +59,80 @@ def read_header(path: Path) -> Header:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    try:
-        img = nib.load(str(path))
-    except Exception as exc:  # nibabel raises many types for broken headers
-        raise DataError(f"{path}: not a readable NIfTI file ({_reason(exc)})") from exc
+    with _held_nibabel_log() as held:
+        try:
+            img = nib.load(str(path))
+        except Exception as exc:  # nibabel raises many types for broken headers
+            raise DataError(f"{path}: not a readable NIfTI file ({_reason(exc)})") from exc
     shape = tuple(int(s) for s in img.shape)
     if len(shape) < 2:
         raise DataError(f"{path}: expected an image with at least 2 dimensions, got shape {shape}")
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    zooms = zooms + (1.0,) * (3 - len(zooms))
+    if any(s < 1 for s in shape):
+        raise DataError(f"{path}: has an empty axis (shape {shape}); expected at least one voxel along every axis")
+    dtype = np.dtype(img.get_data_dtype())
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        raise DataError(f"{path}: voxel type {dtype} ({'RGB' if dtype.fields else dtype.kind}); expected real "
+                        "numbers (integer or floating point), one value per voxel")
+    pixdim = [float(z) for z in _raw_pixdim(path, img)[: min(3, len(shape))]]
+    zooms = tuple(pixdim) + (1.0,) * (3 - len(pixdim))
     if any(not np.isfinite(z) or z <= 0 for z in zooms):
-        raise DataError(f"{path}: voxel spacing {zooms} is not positive and finite")
+        raise DataError(f"{path}: voxel spacing {tuple(pixdim)} mm is not positive and finite; "
+                        "expected the voxel size in mm in the header (pixdim)")
+    for record in held:  # nibabel's notes on other header fixes, once ours passed
+        nib.imageglobals.logger.handle(record)
     return Header(path=path, shape=shape, spacing=zooms, affine=np.asarray(img.affine, dtype=np.float64))
+
+
+def volume_shape(hdr: Header, extra_axes: int = 0) -> tuple[int, int, int]:
+    """(X, Y, Z) of the 3D volume a header describes; a 2D image is (X, Y, 1).
+
+    ``extra_axes`` is how many axes after the third the caller selects from (a cine frame or
+    an image channel); any further axis is an error naming the file and its real shape.
+    """
+    shape = hdr.shape
+    if len(shape) > 3 + extra_axes:
+        what = "a 2D or 3D image" if extra_axes == 0 else f"a 3D image with {extra_axes} extra axis"
+        raise DataError(f"{hdr.path}: has shape {shape}; expected {what}")
+    return tuple(shape[:3]) if len(shape) >= 3 else (*shape, 1)
+
+
+def check_label_header(lab: Header, img: Header) -> None:
+    """Raise unless label ``lab`` has the image's voxel grid (shapes as the files state them)."""
+    lshape = tuple(lab.shape[:3]) if len(lab.shape) >= 3 else (*lab.shape, 1)
+    ishape = tuple(img.shape[:3]) if len(img.shape) >= 3 else (*img.shape, 1)
+    if lshape != ishape or len(lab.shape) > 3:
+        raise DataError(f"{lab.path}: label shape {lab.shape} does not match image shape {img.shape} "
+                        f"of {img.path.name}" + (" (a label map is one 3D or 2D array)" if len(lab.shape) > 3 else ""))
+
+
+@contextlib.contextmanager
+def _held_nibabel_log():
+    """Hold nibabel's header-fix log lines (they name no file) so an error of ours replaces them."""
+    logger = nib.imageglobals.logger
+    records: list[logging.LogRecord] = []
+
+    class Hold(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    handlers, logger.handlers = logger.handlers, [Hold()]
+    try:
+        yield records
+    finally:
+        logger.handlers = handlers
+
+
+def _raw_pixdim(path: Path, img) -> list[float]:
+    """Voxel sizes as the file stores them: nibabel's loader silently replaces a 0 by 1 mm."""
+    header_class = type(img.header)
+    if "pixdim" not in img.header or not hasattr(header_class, "from_fileobj"):
+        return [float(z) for z in img.header.get_zooms()[:3]]
+    try:
+        with nib.openers.ImageOpener(str(path)) as fobj:
+            raw = header_class.from_fileobj(fobj, check=False)
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable NIfTI header ({_reason(exc)})") from exc
+    return [float(z) for z in raw["pixdim"][1:4]]
 
 
 def _reason(exc: BaseException) -> str:

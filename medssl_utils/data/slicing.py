@@ -1,6 +1,7 @@
 """Volumes → normalised, resized 2D slices, cached on disk as memory-mapped arrays.
 
-Intensity normalisation (per volume, before slicing):
+Intensity normalisation (per volume, before slicing; a volume's own ``meta["modality"]``,
+when a reader sets one, overrides the dataset's — e.g. CT and MR series in one DICOM folder):
 
 * MR, photographs: clip to the volume's 0.5th–99.5th percentiles, then z-score with the mean
   and standard deviation of the clipped volume. Float throughout: no integer arithmetic that
@@ -219,7 +220,7 @@ def _build(vs: VolumeSet, prep: Preprocessing, final: Path, progress: bool) -> P
         for vol, n_z in zip(it, counts):
             where = vol.sources[0] if vol.sources else vol.volume_id
             image, label = vol.load()
-            norm = normalise_volume(image, vs.modality, prep, where=where)
+            norm = normalise_volume(image, vol.meta.get("modality") or vs.modality, prep, where=where)
             img_s, lab_s = resize_volume(norm, label, s)
             images[start:start + n_z] = img_s.astype(np.float16)
             if lab_s is not None:

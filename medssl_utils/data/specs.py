@@ -1,19 +1,17 @@
 """Dataset spec strings: one line that names any data source medssl can read.
 
-Grammar: ``KIND[:PATH_OR_NAME][?key=value&key=value]``
+Grammar: ``KIND[:TARGET][?key=value&key=value]``
 
-===========  ==========================  ===============================================
-kind         target                      options
-===========  ==========================  ===============================================
-``acdc``     ACDC folder (either layout) ``cine`` (1/0, read 4D cine frames; default 1),
-                                         ``subsets`` (``training,testing``)
-``msd``      Decathlon task folder       ``channel`` (index or modality name), ``test`` (1/0)
-``folder``   folder with images/ labels/ ``modality`` (MR or CT)
-``phantom``  cardiac | abdomen-ct |      ``cases``, ``seed`` — generated on first use into
-             brain-mr | prostate-mr      ``$MEDSSL_CACHE_DIR/phantoms`` and reused after
-``mni``      —                           —
-``natural``  —                           ``quadrants`` (1/0)
-===========  ==========================  ===============================================
+``TARGET`` is a path or a name, depending on the kind; everything after the first ``?``
+is options. A path that itself contains ``?`` (or any path, if preferred) is given as the
+option ``path=`` instead, with ``%`` and ``&`` in it written as ``%25`` and ``%26``:
+``acdc:?path=/data/what?/ACDC&cine=0``. Option values are percent-decoded; ``+`` stays ``+``.
+
+The kinds, their targets and their options are declared by the readers in
+:mod:`medssl_utils.data.readers` (one module each, one table); this module only parses a
+spec and checks it against that table, so every reader's options are validated in one
+place: an unknown option, a repeated option, a wrong type or a value outside the allowed
+ones is refused with one line naming the spec, the option and what is allowed.
 
 Every kind also takes ``domain``, ``task`` and ``group`` to override the tags that
 multi-domain studies attach to each slice (defaults come from the dataset).
@@ -21,29 +19,14 @@ multi-domain studies attach to each slice (defaults come from the dataset).
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import parse_qsl
+from urllib.parse import unquote
 
-from medssl_utils.config import cache_root
+from medssl_utils.data.readers import KINDS, PATH_KINDS, READERS, TAG_OPTIONS, get_reader  # noqa: F401
 from medssl_utils.data.volume import VolumeSet
-from medssl_utils.errors import DataError, ParameterError
+from medssl_utils.errors import ParameterError
 
-TAG_OPTIONS = ("domain", "task", "group")
-KIND_OPTIONS = {
-    "acdc": ("cine", "subsets"),
-    "msd": ("channel", "test"),
-    "folder": ("modality",),
-    "phantom": ("cases", "seed"),
-    "mni": (),
-    "natural": ("quadrants",),
-}
-KINDS = tuple(KIND_OPTIONS)
-NEEDS_TARGET = ("acdc", "msd", "folder", "phantom")
+TAG_NAMES = tuple(o.name for o in TAG_OPTIONS)
 
 
 @dataclass(frozen=True)
@@ -54,13 +37,33 @@ class DatasetSpec:
 
     @property
     def opts(self) -> dict[str, str]:
+        """The options as written (strings)."""
         return dict(self.options)
 
+    @property
+    def values(self) -> dict:
+        """Every declared option of the kind, typed, with defaults filled in (tags only when given)."""
+        reader = get_reader(self.kind)
+        out = {o.name: o.default for o in reader.options}
+        for key, raw in self.options:
+            out[key] = reader.option(key).parse(raw, str(self))
+        return out
+
     def __str__(self) -> str:
-        s = self.kind + (f":{self.target}" if self.target else "")
-        if self.options:
-            s += "?" + "&".join(f"{k}={v}" for k, v in self.options)
+        """The spec as one string that parses back to an equal spec."""
+        opts = list(self.options)
+        s = self.kind
+        if self.target and "?" in self.target:
+            opts.insert(0, ("path", self.target))
+        elif self.target:
+            s += f":{self.target}"
+        if opts:
+            s += "?" + "&".join(f"{k}={_quote(v)}" for k, v in opts)
         return s
+
+
+def _quote(value: str) -> str:
+    return value.replace("%", "%25").replace("&", "%26")
 
 
 def parse_spec(text: str | DatasetSpec) -> DatasetSpec:
@@ -69,126 +72,69 @@ def parse_spec(text: str | DatasetSpec) -> DatasetSpec:
         return text
     if not isinstance(text, str) or not text.strip():
         raise ParameterError(f"dataset spec {text!r}: expected 'kind[:path_or_name]' with kind in {list(KINDS)}")
-    text = text.strip()
-    query = ""
-    if "?" in text:
-        text, query = text.rsplit("?", 1)
-    kind, _, target = text.partition(":")
+    original = text
+    head, has_query, query = text.strip().partition("?")
+    kind, _, target = head.partition(":")
     kind = kind.strip().lower()
-    if kind not in KIND_OPTIONS:
-        raise ParameterError(f"dataset spec {text!r}: unknown kind {kind!r}; expected one of {list(KINDS)}")
+    if kind not in READERS:
+        raise ParameterError(f"dataset spec {original!r}: unknown kind {kind!r}; expected one of {list(KINDS)}")
+    reader = READERS[kind]
+    options = _parse_query(query, original, kind) if has_query else []
     target = target.strip() or None
-    if kind in NEEDS_TARGET and not target:
-        what = "a phantom name" if kind == "phantom" else "a path"
-        raise ParameterError(f"dataset spec {text!r}: '{kind}' needs {what}, e.g. '{kind}:{_example(kind)}'")
-    if kind in ("mni", "natural") and target:
-        raise ParameterError(f"dataset spec {text!r}: '{kind}' takes no path")
-    options = tuple(parse_qsl(query, keep_blank_values=True, strict_parsing=False)) if query else ()
-    allowed = KIND_OPTIONS[kind] + TAG_OPTIONS
-    for key, _ in options:
-        if key not in allowed:
-            raise ParameterError(f"dataset spec {text!r}: unknown option {key!r} for '{kind}'; allowed: {list(allowed)}")
-    return DatasetSpec(kind, target, options)
+    paths = [v for k, v in options if k == "path"]
+    if paths:
+        if reader.target is None:
+            raise ParameterError(f"dataset spec {original!r}: '{kind}' takes no path")
+        if target:
+            raise ParameterError(f"dataset spec {original!r}: give the path either before '?' or as path=, not both")
+        target = paths[0]
+        options = [(k, v) for k, v in options if k != "path"]
+    if reader.target and not target:
+        what = "a name" if reader.target == "name" else "a path"
+        raise ParameterError(f"dataset spec {original!r}: '{kind}' needs {what}, e.g. '{kind}:{reader.example}'")
+    if reader.target is None and target:
+        raise ParameterError(f"dataset spec {original!r}: '{kind}' takes no path")
+    if reader.names is not None and target not in reader.names():
+        raise ParameterError(f"dataset spec {original!r}: unknown {kind} name {target!r}; "
+                             f"expected one of {sorted(reader.names())}")
+    spec = DatasetSpec(kind, target, tuple(options))
+    for key, raw in options:
+        opt = reader.option(key)
+        if opt is None:
+            raise ParameterError(f"dataset spec {original!r}: unknown option {key!r} for '{kind}'; "
+                                 f"allowed: {reader.option_names}")
+        opt.parse(raw, str(spec))
+    return spec
 
 
-def _example(kind: str) -> str:
-    return {"phantom": "cardiac", "acdc": "/data/ACDC", "msd": "/data/Task05_Prostate"}.get(kind, "/data/x")
-
-
-def _flag(spec: DatasetSpec, key: str, default: bool) -> bool:
-    value = spec.opts.get(key)
-    if value is None:
-        return default
-    if value.lower() in ("1", "true", "yes"):
-        return True
-    if value.lower() in ("0", "false", "no"):
-        return False
-    raise ParameterError(f"dataset spec '{spec}': option {key}={value!r}; expected 1 or 0")
-
-
-def _int(spec: DatasetSpec, key: str, default):
-    value = spec.opts.get(key)
-    if value is None:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ParameterError(f"dataset spec '{spec}': option {key}={value!r}; expected an integer") from None
+def _parse_query(query: str, original: str, kind: str) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for part in query.split("&"):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ParameterError(
+                f"dataset spec {original!r}: {part!r} after '?' is not key=value; '?' starts the options. "
+                f"A path containing '?' is written as the option path=, e.g. '{kind}:?path=/data/what?/x'")
+        if any(key == k for k, _ in out):
+            raise ParameterError(f"dataset spec {original!r}: option {key!r} is given twice")
+        try:
+            value = unquote(value if key == "path" else value.strip(), errors="strict")
+        except UnicodeDecodeError:
+            raise ParameterError(f"dataset spec {original!r}: option {key}: {value!r} holds a %-escape that is "
+                                 "not UTF-8; write % itself as %25") from None
+        out.append((key, value))
+    return out
 
 
 def load_dataset(spec: str | DatasetSpec) -> VolumeSet:
     """Read the dataset a spec names (volumes are listed, not decoded)."""
-    from medssl_utils.data.acdc import read_acdc
-    from medssl_utils.data.decathlon import read_folder, read_msd
-    from medssl_utils.data.offline import read_mni, read_natural
-
     spec = parse_spec(spec)
-    s = str(spec)
-    if spec.kind == "acdc":
-        subsets = tuple(x.strip() for x in spec.opts.get("subsets", "training,testing").split(","))
-        bad = [x for x in subsets if x not in ("training", "testing")]
-        if bad:
-            raise ParameterError(f"dataset spec '{s}': subsets {bad}; expected training and/or testing")
-        vs = read_acdc(Path(spec.target).expanduser(), cine=_flag(spec, "cine", True), subsets=subsets, spec=s)
-    elif spec.kind == "msd":
-        vs = read_msd(Path(spec.target).expanduser(), channel=spec.opts.get("channel"),
-                      include_test=_flag(spec, "test", True), spec=s)
-    elif spec.kind == "folder":
-        modality = spec.opts.get("modality", "MR")
-        if modality not in ("MR", "CT"):
-            raise ParameterError(f"dataset spec '{s}': modality={modality!r}; expected MR or CT")
-        vs = read_folder(Path(spec.target).expanduser(), modality=modality, spec=s)
-    elif spec.kind == "phantom":
-        root, fmt = ensure_phantom(spec.target, cases=_int(spec, "cases", None), seed=_int(spec, "seed", 0))
-        vs = read_acdc(root, spec=s) if fmt == "acdc" else read_msd(root, spec=s)
-        vs.domain = spec.target
-    elif spec.kind == "mni":
-        vs = read_mni(s)
-    else:
-        vs = read_natural(s, quadrants=_flag(spec, "quadrants", True))
-    for key in TAG_OPTIONS:
+    reader = get_reader(spec.kind)
+    values = spec.values
+    vs = reader.read(spec.target, {k: v for k, v in values.items() if k not in TAG_NAMES}, str(spec))
+    for key in TAG_NAMES:
         if key in spec.opts:
-            setattr(vs, key, spec.opts[key])
+            setattr(vs, key, values[key])
     return vs
 
-
-def _phantom_code_version() -> str:
-    """Hash of the phantom generator's source: cached phantoms go stale when it changes."""
-    import medssl_utils.data.phantoms as ph
-
-    h = hashlib.sha256()
-    for p in sorted(Path(ph.__file__).parent.glob("*.py")):
-        h.update(p.read_bytes())
-    return h.hexdigest()[:10]
-
-
-def ensure_phantom(name: str, *, cases: int | None = None, seed: int = 0) -> tuple[Path, str]:
-    """Generate phantom ``name`` into the cache on first use; return (dataset root, format).
-
-    Generation happens in a private temporary folder that is renamed into place, so an
-    interrupted run or two processes starting at once never leave a half-written dataset.
-    """
-    from medssl_utils.data.phantoms import PHANTOMS, write_phantom
-
-    if name not in PHANTOMS:
-        raise ParameterError(f"phantom:{name}: unknown phantom; expected one of {sorted(PHANTOMS)}")
-    info = PHANTOMS[name]
-    n = cases if cases is not None else info.default_cases
-    if n < 1:
-        raise ParameterError(f"phantom:{name}: cases={n}; expected at least 1")
-    final = cache_root() / "phantoms" / f"{name}-n{n}-s{seed}-{_phantom_code_version()}"
-    marker = final / ".medssl-phantom.json"
-    if not marker.is_file():
-        tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        root = write_phantom(name, tmp, cases=n, seed=seed)
-        (tmp / ".medssl-phantom.json").write_text(json.dumps(
-            {"name": name, "cases": n, "seed": seed, "root": str(Path(root).relative_to(tmp))}))
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another process finished first: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not marker.is_file():
-                raise DataError(f"{final}: could not place the generated phantom") from None
-    rel = json.loads(marker.read_text())["root"]
-    return final / rel, info.format

@@ -1,13 +1,17 @@
 """``medssl data summary PATH``: what a user needs to trust a download.
 
-The layout is detected (ACDC, MSD or folder) and every volume is decoded once, so broken
+The layout is detected (ACDC, MSD, folder or DICOM) and every volume is decoded once, so broken
 files show up here rather than in the middle of a training run. Problems with individual
 files are collected in ``problems`` (one line each, naming the file) instead of stopping at
-the first; a path that is not a dataset at all is an error.
+the first; a path that is not a dataset at all is an error. For DICOM, every series with a
+problem (mixed orientations, missing slices, unequal spacing, no decoder for its compressed
+pixel data…) is listed rather than stopping the summary; the series that can be read are
+listed with their modality, shape, spacing and where the spacing came from.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -20,13 +24,19 @@ def summarize(path: Path, *, decode: bool = True, progress: bool = False) -> dic
     """Summary dict with keys: format, path, cases, labelled_volumes, unlabelled_frames,
     label_values, label_map, spacing_mm ([min, max] per axis), shape_range, slices_labelled,
     phases, groups, subsets, problems."""
-    from medssl_utils.data.decathlon import detect_format
-    from medssl_utils.data.specs import load_dataset
+    from medssl_utils.data.readers import detect_format
+    from medssl_utils.data.specs import DatasetSpec, load_dataset
 
     path = Path(path).expanduser()
     fmt = detect_format(path)
-    vs = load_dataset(f"{fmt}:{path}")
     problems: list[str] = []
+    if fmt == "dicom":  # every bad series is a problem to list, not the end of the summary
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            vs = load_dataset(DatasetSpec(fmt, str(path), (("bad_series", "skip"),)))
+        problems += vs.meta["skipped"]
+    else:
+        vs = load_dataset(DatasetSpec(fmt, str(path)))
     label_values: set[int] = set()
     slices_labelled = 0
     vols = vs.volumes
@@ -66,7 +76,7 @@ def summarize(path: Path, *, decode: bool = True, progress: bool = False) -> dic
             problems.append(f"training patients without _gt label files: {', '.join(no_gt[:5])}")
     else:
         unlabelled = len(vs.volumes) - len(labelled)
-    return {
+    out = {
         "format": fmt,
         "path": str(path),
         "cases": len(vs.case_ids),
@@ -85,6 +95,14 @@ def summarize(path: Path, *, decode: bool = True, progress: bool = False) -> dic
         "subsets": dict(Counter(v.meta.get("subset") or "-" for v in vs.volumes)),
         "problems": problems,
     }
+    if fmt == "dicom":
+        out["series"] = vs.meta["series"]
+        out["modalities"] = dict(Counter(v.meta["modality"] for v in vs.volumes))
+        out["volumes"] = [{"id": v.volume_id, "modality": v.meta["modality"], "description": v.meta["description"],
+                           "shape": list(v.shape), "spacing_mm": [round(float(x), 4) for x in v.spacing],
+                           "spacing_source": v.meta["spacing_source"], "files": len(v.sources)} for v in vs.volumes]
+        out["ignored"] = vs.meta["ignored"]
+    return out
 
 
 def format_summary(s: dict) -> str:
@@ -100,6 +118,14 @@ def format_summary(s: dict) -> str:
     if s["spacing_mm"]:
         lines.append("  spacing (mm)      " + " × ".join(f"{lo:g}–{hi:g}" for lo, hi in s["spacing_mm"]))
         lines.append("  shape (voxels)    " + " × ".join(f"{lo}–{hi}" for lo, hi in s["shape_range"]))
+    if s["format"] == "dicom":
+        lines.append(f"  series            {s['series']} ({', '.join(f'{k}: {v}' for k, v in s['modalities'].items())})")
+        lines += [f"    {v['id']:24s} {v['modality']:3s} {'×'.join(map(str, v['shape'])):>14s}  "
+                  f"{' × '.join(f'{x:g}' for x in v['spacing_mm'])} mm ({v['spacing_source']})  {v['description']}"
+                  for v in s["volumes"]]
+        if s["ignored"]:
+            lines.append(f"  ignored ({len(s['ignored'])}):")
+            lines += [f"    - {x}" for x in s["ignored"]]
     if s["groups"]:
         lines.append("  groups            " + ", ".join(f"{k}: {v}" for k, v in sorted(s["groups"].items(), key=str)))
     lines.append("  subsets           " + ", ".join(f"{k}: {v}" for k, v in s["subsets"].items()))

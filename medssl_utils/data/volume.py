@@ -26,7 +26,9 @@ class Volume:
 
     ``meta`` keys used across medssl: ``phase`` (ED | ES | cine | None), ``frame`` (1-based
     frame number in a cine series), ``group`` (ACDC pathology group), ``subset``
-    (training | testing), ``domain``, ``task``, ``group_tag``. ``sources`` names the files
+    (training | testing), ``series`` (which of a case's series or images, part of the volume
+    id), ``modality`` (overrides the set's modality for this volume's normalisation),
+    ``domain``, ``task``, ``group_tag``. ``sources`` names the files
     behind the volume (for error messages and cache keys).
     """
 
@@ -47,6 +49,8 @@ class Volume:
     def volume_id(self) -> str:
         """Unique within a dataset: case id plus frame or phase where there are several."""
         parts = [self.case_id]
+        if self.meta.get("series"):  # several series (DICOM) or images per case
+            parts.append(str(self.meta["series"]))
         if self.meta.get("phase") in ("ED", "ES"):
             parts.append(self.meta["phase"])
         elif self.meta.get("frame") is not None:
@@ -125,6 +129,8 @@ class VolumeSet:
         for v in self.volumes:
             h.update(v.volume_id.encode())
             h.update(json.dumps({k: v.meta.get(k) for k in ("frame", "channel", "phase")}).encode())
+            if v.meta.get("modality"):
+                h.update(str(v.meta["modality"]).encode())
             for src in v.sources:
                 p = Path(src)
                 if p.exists():
@@ -136,8 +142,10 @@ class VolumeSet:
 
     def __repr__(self) -> str:
         n_lab = sum(v.has_label for v in self.volumes)
+        labels = self.labels if len(self.labels) <= 8 else \
+            "{" + ", ".join(f"{k}: {v!r}" for k, v in list(self.labels.items())[:4]) + f", … ({len(self.labels)} classes)}}"
         return (f"VolumeSet({self.spec!r}, format={self.format}, cases={len(self.case_ids)}, "
-                f"volumes={len(self.volumes)} ({n_lab} labelled), labels={self.labels})")
+                f"volumes={len(self.volumes)} ({n_lab} labelled), labels={labels})")
 
 
 def check_label_values(label, label_map: dict[int, str], path) -> None:

@@ -24,6 +24,7 @@ layout in ``decathlon``). Every case draws from its own generator seeded by
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,8 @@ from pathlib import Path
 from medssl_utils.data.phantoms import abdomen, brain, cardiac, prostate
 from medssl_utils.data.phantoms.common import check_seed
 from medssl_utils.data.phantoms.decathlon import MsdTask, write_msd
-from medssl_utils.errors import ParameterError
+from medssl_utils.data.readers.phantom import MAX_CASES
+from medssl_utils.errors import DataError, ParameterError
 
 __all__ = ["PHANTOMS", "PhantomInfo", "write_phantom", "MSD_TASKS"]
 
@@ -104,24 +106,47 @@ def write_phantom(name: str, out_dir, *, cases: int | None = None, seed: int = 0
     different data. If the dataset folder already exists and is not empty, this raises
     unless ``overwrite=True``, which deletes that folder first (and only that folder), so
     no stale cases from an earlier, larger run can remain. ``workers`` threads generate
-    cases in parallel; the output does not depend on it.
+    cases in parallel; the output does not depend on it. ``cases`` is at most
+    :data:`MAX_CASES`. The dataset is generated in a hidden folder beside its destination
+    and renamed into place when complete, so an error or interruption leaves nothing
+    half-written.
     """
     if name not in PHANTOMS:
         raise ParameterError(f"phantom name {name!r} is unknown; expected one of {sorted(PHANTOMS)}")
     info = PHANTOMS[name]
     if cases is None:
         cases = info.default_cases
-    if isinstance(cases, bool) or not isinstance(cases, int) or cases < 1:
-        raise ParameterError(f"cases={cases!r}: expected an integer of at least 1")
+    if isinstance(cases, bool) or not isinstance(cases, int) or not 1 <= cases <= MAX_CASES:
+        raise ParameterError(f"cases={cases!r}: expected an integer in 1..{MAX_CASES}")
     seed = check_seed(seed)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ParameterError(f"workers={workers!r}: expected an integer of at least 1")
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ParameterError(f"{out_dir}: is a file; expected a folder to write the phantom into")
     target = dataset_folder(name, out_dir)
-    if target.exists() and any(target.iterdir()):
-        if not overwrite:
-            raise ParameterError(f"{target} already exists and is not empty; choose an empty out_dir "
-                                 "or pass overwrite=True to replace it")
-        shutil.rmtree(target)
-    if name == "cardiac":
-        return cardiac.write_cardiac(Path(out_dir), cases, seed, workers=workers)
-    return write_msd(MSD_TASKS[name], Path(out_dir), cases, seed, workers=workers)
+    if target.exists() and not target.is_dir():
+        raise ParameterError(f"{target}: is a file; expected a folder (or nothing) there")
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise ParameterError(f"{target} already exists and is not empty; choose an empty out_dir "
+                             "or pass overwrite=True to replace it")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir / f".tmp-{name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise DataError(f"{out_dir}: cannot write there ({exc.strerror or exc})") from None
+    try:
+        if name == "cardiac":
+            cardiac.write_cardiac(tmp, cases, seed, workers=workers)
+        else:
+            write_msd(MSD_TASKS[name], tmp, cases, seed, workers=workers)
+        if target.exists():
+            shutil.rmtree(target)  # overwrite=True, or an empty folder
+        os.replace(dataset_folder(name, tmp), target)
+    except OSError as exc:
+        raise DataError(f"{target}: writing the phantom failed ({exc.strerror or exc})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir if name == "cardiac" else target
