@@ -400,3 +400,31 @@ def test_cpu_generator_with_tensors_on_the_generators_device_or_not():
         a = SSLAugment().view(x.cuda(), cuda_gen)
         b = SSLAugment().view(x.cuda(), torch.Generator(device="cuda").manual_seed(0))
         assert torch.equal(a, b)
+
+
+def test_equalize_leaves_no_intensity_statistic():
+    """After equalisation (gamma 1) a CT-like image with clipped, tied values and a noisy MR-like one
+    have the same standardised histogram; the spatial order of the pixels is kept."""
+    gen = torch.Generator().manual_seed(0)
+    ct = torch.randn(1, 1, 32, 32, generator=gen).clamp(-0.5, 0.5) * 2          # half the pixels tied at ±1
+    mr = (torch.randperm(1024, generator=gen).float() ** 2 / 1e5).view(1, 1, 32, 32)  # skewed, distinct
+    x = torch.cat([ct, mr])
+    aug = SSLAugment(scale=(1.0, 1.0), hflip_p=0.0, jitter_p=0.0, gamma_p=0.0, blur_p=0.0, noise_p=0.0,
+                     equalize_p=1.0, gamma=(1.0, 1.0))
+    out = aug.view(x, torch.Generator().manual_seed(1))
+    z = [(o - o.mean()) / o.std(unbiased=False) for o in out]
+    torch.testing.assert_close(z[0].flatten().sort().values, z[1].flatten().sort().values, atol=1e-5, rtol=0)
+    before = [(a - a.mean()) / a.std(unbiased=False) for a in x]
+    assert not torch.allclose(before[0].flatten().sort().values, before[1].flatten().sort().values, atol=0.1)
+    # the order of distinct values is kept (ranks), and each image keeps its mean and std
+    flat_in, flat_out = mr.flatten(), out[1].flatten()
+    assert torch.equal(flat_in.argsort(), flat_out.argsort())
+    torch.testing.assert_close(out.mean(dim=(1, 2, 3)), x.mean(dim=(1, 2, 3)), atol=1e-4, rtol=1e-4)
+    # probability 0 is the identity, per view
+    off = SSLAugment(scale=(1.0, 1.0), hflip_p=0.0, jitter_p=0.0, gamma_p=0.0, blur_p=0.0, noise_p=0.0,
+                     equalize_p=(0.0, 1.0))
+    v1, v2 = off(x, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(v1, x)
+    assert not torch.allclose(v2, x)
+    with pytest.raises(ParameterError, match="equalize_p"):
+        SSLAugment(equalize_p=1.5)

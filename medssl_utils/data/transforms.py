@@ -251,6 +251,33 @@ def _intensity(x: torch.Tensor, generator: torch.Generator, aug, probs: dict) ->
     return x
 
 
+def _equalize(x: torch.Tensor, generator: torch.Generator, p: float, gamma: tuple[float, float]) -> torch.Tensor:
+    """Histogram equalisation with random tie-breaking, then a random gamma, per sample with probability ``p``.
+
+    Each selected image is replaced by the ranks of its pixels (ties broken at random, so the
+    histogram is exactly uniform whatever the modality: CT's clipped window edges and MR's
+    background alike), raised to a gamma drawn log-uniformly from ``gamma``, and scaled back to
+    the image's own mean and standard deviation. The spatial structure is kept; every
+    first-order intensity statistic (range, quantiles, saturation) is gone, so a classifier
+    cannot tell a dataset or modality from them (``benchmarks/hssl_levels.py`` measures it).
+    Two uniform draws per sample are made whatever ``p``.
+    """
+    b, dt = x.shape[0], x.dtype
+    u = _uniform(generator, (b, 2), x.device)
+    use = _col(u, 0, dt) < p
+    if p <= 0 or not bool(use.any()):
+        return x
+    flat = x.flatten(1)
+    span = (flat.amax(1, keepdim=True) - flat.amin(1, keepdim=True)).clamp_min(_EPS)
+    jitter = _uniform(generator, flat.shape, x.device).to(dt) * span * 1e-6  # breaks exact ties only
+    ranks = (flat + jitter).argsort(1).argsort(1).to(dt) / max(flat.shape[1] - 1, 1)
+    g = torch.exp(_between(u[:, 1:2].to(dt), math.log(gamma[0]), math.log(gamma[1])))
+    y = ranks.pow(g)
+    y = (y - y.mean(1, keepdim=True)) / y.std(1, keepdim=True, unbiased=False).clamp_min(_EPS)
+    y = y * flat.std(1, keepdim=True, unbiased=False) + flat.mean(1, keepdim=True)
+    return torch.where(use, y.view_as(x), x)
+
+
 def _check_intensity(aug, per_view: bool) -> None:
     """Validate and normalise the intensity fields shared by both augmentations."""
     for name in ("jitter_p", "gamma_p", "blur_p", "noise_p"):
@@ -325,9 +352,12 @@ class SSLAugment(_Describe):
     blur_sigma: tuple[float, float] = _p((0.1, 2.0), "blur sigma range in output pixels")
     noise_p: float | tuple[float, float] = _p(0.2, "probability of additive Gaussian noise")
     noise_std: tuple[float, float] = _p((0.0, 0.1), "noise std range in input intensity units")
+    equalize_p: float | tuple[float, float] = _p(0.0, "probability of histogram equalisation + random gamma "
+                                                      "(the view's intensity histogram then tells nothing)")
 
     def __post_init__(self) -> None:
         _set(self, "output_size", _size("output_size", self.output_size))
+        _set(self, "equalize_p", _view_probs("equalize_p", self.equalize_p))
         _set(self, "scale", _pair("scale", self.scale, 0.0, 1.0, lo_open=True))
         _set(self, "ratio", _pair("ratio", self.ratio, 0.0, 100.0, lo_open=True))
         _set(self, "rotation", _number("rotation", self.rotation, 0.0, 180.0))
@@ -384,7 +414,8 @@ class SSLAugment(_Describe):
 
         x = _warp_images(images, theta, out_hw)
         probs = {k: getattr(self, k)[index] for k in ("jitter_p", "gamma_p", "blur_p", "noise_p")}
-        return _intensity(x, generator, self, probs), theta
+        x = _intensity(x, generator, self, probs)
+        return _equalize(x, generator, self.equalize_p[index], self.gamma), theta
 
 
 # --------------------------------------------------------------------------- segmentation

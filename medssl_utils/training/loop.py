@@ -152,9 +152,9 @@ def check_finite_weights(module: torch.nn.Module, step: int, epoch: int | None =
     Called after every optimiser step: a finite loss does not guarantee finite weights (an
     update can overflow), and a run must never end ``complete`` with a broken model.
     """
-    tensors = [p.detach() for p in module.parameters()]
+    tensors = [p.detach() for p in module.parameters() if p.numel()]
     if buffers:
-        tensors += [b.detach() for b in module.buffers() if b.is_floating_point()]
+        tensors += [b.detach() for b in module.buffers() if b.is_floating_point() and b.numel()]
     if not tensors:
         return
     peak = torch.stack(torch._foreach_norm(tensors, float("inf")))

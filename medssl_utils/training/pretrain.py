@@ -16,6 +16,12 @@ from medssl_utils.rundir import RunDir
 from medssl_utils.training import loop
 from medssl_utils.training.config import PRECISIONS, PretrainConfig
 
+#: Augmentation settings a method changes from SSLAugment's defaults (``augment`` overrides them).
+#: HSSL: the second view of every pair is histogram-equalised, so its intensity statistics say
+#: nothing about the dataset or modality and the task / group levels must use the anatomy.
+METHOD_AUGMENT = {"hssl": {"equalize_p": (0.0, 1.0)}}
+
+
 @dataclass
 class PretrainData:
     dataset: object  # MultiDomainDataset
@@ -132,7 +138,7 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
     if last.is_file():
         start, _ = loop.load_state(last, loop.unwrap(model), optimizer)
         rd.load_history(start)
-    aug = SSLAugment(output_size=cfg.image_size, **cfg.augment)
+    aug = SSLAugment(output_size=cfg.image_size, **{**METHOD_AUGMENT.get(cfg.method, {}), **cfg.augment})
     loader = fabric.setup_dataloaders(
         DataLoader(data.dataset, batch_sampler=loop.StreamBatchSampler(n, cfg.batch_size, cfg.seed, start, total,
                                                                   data.weights, fabric.global_rank, fabric.world_size),
