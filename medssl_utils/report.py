@@ -700,11 +700,42 @@ def _skipped_section(res: R.Results) -> str:
     return "\n".join(parts)
 
 
+def claims_display(claims: pd.DataFrame) -> pd.DataFrame:
+    """The claims table as people read it: claim, statement, quantity, effect [95 % CI], verdict, runs, note."""
+    from medssl_utils.claims import format_effect
+
+    if not len(claims):
+        return claims
+    out = pd.DataFrame({
+        "claim": claims["claim"], "published claim": claims["statement"], "quantity": claims["quantity"],
+        "effect [95% CI]": [format_effect(r) for _, r in claims.iterrows()], "verdict": claims["verdict"],
+        "pairs / runs": [f"{int(p)} / {int(n)}" for p, n in zip(claims["n_pairs"], claims["n_runs"])],
+        "note": claims["note"]})
+    return out
+
+
+def format_claims(claims: pd.DataFrame) -> str:
+    """One line per claim for a terminal: ``A1  supported     ×2.31 [1.40, 3.81]  (12 pairs)``."""
+    from medssl_utils.claims import format_effect
+
+    return "\n".join(f"{r['claim']}  {r['verdict']:<12s} {format_effect(r):<28s} "
+                     + (f"({int(r['n_pairs'])} pairs) " if r["verdict"] != "not run" else "")
+                     + (r["note"] if r["verdict"] == "not run" else r["quantity"])
+                     for _, r in claims.iterrows())
+
+
 def render_html(an: R.Analysis, figs: dict[str, tuple[Figure | None, str]], pngs: dict[str, bytes]) -> str:
     """The report as one self-contained HTML page (PNG figures embedded as data URIs)."""
     titles = {spec.name: spec.title for spec in FIGURES}
     body = [f"<h1>medssl study report</h1><p class='small'>Generated "
             f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; target = {an.target:g}.</p>",
+            "<h2>The published claims, on these runs</h2>",
+            "<p class='small'>Each row is computed from the runs below, never typed in. Effects are means over "
+            "runs paired by seed with a Student's t 95 % interval (speed-ups: geometric means); "
+            "<b>supported</b> / <b>contradicted</b>: the interval lies on / against the claimed side of no effect; "
+            "<b>inconclusive</b>: it contains no effect; <b>not run</b>: the runs are absent (why is given). "
+            "Definitions: <code>medssl_utils/claims.py</code>; raw numbers: <code>tables/claims.csv</code>.</p>",
+            _html_table(claims_display(an.claims)),
             "<h2>Data</h2>", _overview(an), "<h2>Definitions</h2>", _definitions(an), "<h2>Figures</h2>"]
     for k, (name, (fig, caption)) in enumerate(figs.items(), start=1):
         body.append(f"<h3>{html.escape(titles.get(name, name))}</h3>")
@@ -762,6 +793,11 @@ def _cmd_report(args) -> int:
     res = R.gather(args.dirs)
     page = write_report(res, args.out, target=args.target, reference=args.reference)
     print(res.summary())
+    claims = pd.read_csv(page.parent / "tables" / "claims.csv") if (page.parent / "tables" / "claims.csv").is_file() \
+        else None
+    if claims is not None and len(claims):
+        print("claims (tables/claims.csv):")
+        print(format_claims(claims.fillna({"note": "", "quantity": ""})))
     print(f"report: {page}")
     return 0
 
@@ -778,6 +814,6 @@ def add_cli(subparsers) -> None:
     p.set_defaults(func=_cmd_report)
 
 
-__all__ = ["add_cli", "display_tables", "fig_convergence", "fig_error_vs_slices", "fig_hssl",
+__all__ = ["add_cli", "claims_display", "display_tables", "format_claims", "fig_convergence", "fig_error_vs_slices", "fig_hssl",
            "fig_per_structure", "fig_speedup_vs_epochs", "fig_steps_to_target", "figures", "hssl_wide",
            "render_html", "write_report"]

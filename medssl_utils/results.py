@@ -91,7 +91,7 @@ CELL = ["dataset", "budget_kind", "budget_value", "budget", "strategy"]
 BUDGET = ["dataset", "budget_kind", "budget_value", "budget"]
 
 RUN_COLUMNS = [
-    "run_id", "kind", "status", "error", "strategy", "lineage_name", "pretraining", "pretrain_family",
+    "run_id", "kind", "status", "error", "strategy", "lineage_name", "pretraining", "role", "pretrain_family",
     "pretrain_epochs", "init", "dataset", "budget_kind", "budget_value", "budget", "labelled_slices",
     "labelled_fraction", "seed", "steps", "epochs", "val_final_dice", "val_best_dice", "test_mean_dice",
     "test_mean_iou", "test_work_a_iou", "total_s", "train_s", "eval_s", "images_per_s", "run_dir",
@@ -339,6 +339,7 @@ def _run_row(run_dir: Path, run_id: str, params: Mapping, result: Mapping | None
     return {
         "run_id": run_id, "kind": kind, "status": status, "error": res.get("error") or None,
         "strategy": strategy, "lineage_name": lineage_name, "pretraining": _pretraining(lineage, init),
+        "role": role_of(lineage, init, _dataset(res, params)) if kind == "finetune" else None,
         "pretrain_family": family, "pretrain_epochs": epochs, "init": None if init is None else str(init),
         "dataset": _dataset(res, params) or "unknown", "budget_kind": budget_kind, "budget_value": budget_value,
         "budget": budget,
@@ -399,6 +400,62 @@ def _pretraining(lineage: list[Mapping], init) -> str:
     if start.startswith("file"):
         start = "file"
     return {"random": "scratch", "timm": "ImageNet (supervised)", "file": "external weights"}.get(start, "unknown")
+
+
+#: What an encoder initialisation is in Work A's / Work B's terms (:func:`role_of`).
+ROLES = {
+    "scratch": "random init",
+    "imagenet": "supervised ImageNet",
+    "generalist-ssl": "SSL on other data (e.g. BYOL ImageNet, or natural photographs as its stand-in)",
+    "specialist": "SSL on the target domain from random init",
+    "hierarchical-supervised": "supervised ImageNet -> SSL on the target domain",
+    "hierarchical-ssl": "SSL on other data -> SSL on the target domain",
+    "hierarchical-external": "external weights (e.g. a BYOL ImageNet file:) -> SSL on the target domain",
+    "multi-domain": "SSL on several domains including the target (HSSL)",
+    "external": "external weights",
+    "other": "other",
+}
+
+
+def _base_spec(spec) -> str:
+    return str(spec).split("?", 1)[0].rstrip("/")
+
+
+def role_of(lineage: list[Mapping], init, dataset: str | None) -> str:
+    """The role (:data:`ROLES`) of a fine-tuning run's initialisation, from its lineage and target dataset.
+
+    SSL stages are the lineage's stages after its start (random / timm / file). The last stage
+    decides: on several datasets → ``multi-domain``; on the target dataset (same kind and path,
+    options ignored) → ``specialist`` from random, ``hierarchical-supervised`` after supervised
+    ImageNet, ``hierarchical-ssl`` after an SSL stage on other data, ``hierarchical-external``
+    after a ``file:`` start (e.g. a BYOL ImageNet checkpoint); on other data only →
+    ``generalist-ssl``. Without SSL stages: ``scratch``, ``imagenet`` (timm weights tagged
+    ImageNet) or ``external`` (a ``file:`` start).
+    """
+    lineage = [s for s in lineage if isinstance(s, Mapping)]
+    start = str(lineage[0].get("method", "")).lower() if lineage else str(init or "").lower()
+    stages = [s for s in lineage if str(s.get("method", "")).lower() not in _START_METHODS]
+    if not stages:
+        if start == "random":
+            return "scratch"
+        if start == "timm":
+            data = lineage[0].get("data") if lineage else None
+            return "imagenet" if not data or "imagenet" in [str(d).lower() for d in data] else "external"
+        return "external" if start.startswith("file") else "other"
+    data = stages[-1].get("data") or []
+    data = [data] if isinstance(data, str) else list(data)
+    if len(data) > 1:
+        return "multi-domain"
+    on_target = dataset is not None and bool(data) and _base_spec(data[0]) == _base_spec(dataset)
+    if not on_target:
+        return "generalist-ssl"
+    if len(stages) > 1:
+        return "hierarchical-ssl"
+    if start == "timm":
+        return "hierarchical-supervised"
+    if start.startswith("file"):
+        return "hierarchical-external"
+    return "specialist" if start == "random" else "other"
 
 
 def _pretrain_epochs(strategy: str, lineage: list[Mapping]) -> tuple[str, float]:
@@ -799,6 +856,7 @@ class Analysis:
     hssl: pd.DataFrame
     per_structure: pd.DataFrame
     curves: pd.DataFrame
+    claims: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def reference_text(self) -> str:
@@ -810,7 +868,7 @@ class Analysis:
     def tables(self) -> dict[str, pd.DataFrame]:
         """Name → table, as written to ``tables/<name>.csv``."""
         r = self.results
-        return {"runs": r.runs, "steps_to_target": self.steps, "steps_to_target_runs": self.steps_runs,
+        return {"claims": self.claims, "runs": r.runs, "steps_to_target": self.steps, "steps_to_target_runs": self.steps_runs,
                 "speedup_vs_epochs": self.epochs, "error_vs_slices": self.errors, "power_law_fits": self.fits,
                 "hssl": self.hssl, "per_structure": self.per_structure, "references": self.references,
                 "skipped": r.skipped,
@@ -832,9 +890,13 @@ def analyse(results: Results, target: float = 0.95, reference: str | None = None
     per_run = steps_to_target(results.runs, results.history, target)
     steps = steps_summary(per_run, refs)
     errors = error_vs_slices(results.runs)
-    return Analysis(
+    an = Analysis(
         results=results, target=target, references=refs, steps_runs=per_run, steps=steps,
         epochs=speedup_vs_epochs(steps, results.runs), errors=errors, fits=power_law_fits(errors),
         hssl=hssl_table(results.runs, scratch),
         per_structure=per_structure_table(results.runs, results.test, results.structures),
         curves=validation_curves(results.runs, results.history))
+    from medssl_utils.claims import claims_table
+
+    an.claims = claims_table(an)
+    return an

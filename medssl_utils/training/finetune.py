@@ -26,10 +26,31 @@ class FinetuneData:
     test_volumes: list
 
 
+_LAST_DATA: dict = {}  # the latest prepared data, by what determines it (one entry)
+
+
 def prepare_finetune_data(cfg: FinetuneConfig) -> FinetuneData:
-    from medssl_utils.data import budget_fraction, budget_slices, labelled_slices, load_dataset, make_split, slice_cache
+    """The labelled budget, validation slices and test volumes of a run.
+
+    The notebook shows the data before training and ``finetune`` needs it again: within one
+    process the last result is reused when the dataset spec, image size, split and budget are
+    the same and no file of the dataset changed (the slice cache's own key: paths, sizes and
+    modification times).
+    """
+    from medssl_utils.data import load_dataset
 
     vs = load_dataset(cfg.dataset).labelled()
+    key = (cfg.dataset, cfg.image_size, cfg.split, cfg.split_seed, cfg.labelled_slices, cfg.labelled_fraction,
+           cfg.seed, vs.fingerprint())
+    if _LAST_DATA.get("key") != key:
+        _LAST_DATA.clear()
+        _LAST_DATA.update(key=key, data=_prepare_finetune_data(cfg, vs))
+    return _LAST_DATA["data"]
+
+
+def _prepare_finetune_data(cfg: FinetuneConfig, vs) -> FinetuneData:
+    from medssl_utils.data import budget_fraction, budget_slices, labelled_slices, make_split, slice_cache
+
     if not vs.volumes:
         raise DataError(f"{cfg.dataset}: has no labelled volumes to fine-tune on")
     cache = slice_cache(vs, image_size=cfg.image_size, progress=cfg.progress is not False)
