@@ -72,6 +72,9 @@ class VolumeBrowser:
         rows = [w.HBox([self.case, self.volume]), w.HBox([self.z, self.overlay]), self.caption,
                 w.HBox([self.image, self.histogram], layout=w.Layout(align_items="center"))]
         self.widget = w.VBox(rows)
+        for wdg, css in ((self.widget, "medssl-volume-browser"), (self.caption, "medssl-caption"),
+                         (self.image, "medssl-slice"), (self.histogram, "medssl-histogram")):
+            wdg.add_class(css)  # stable hooks for the browser test (tests/test_browser.py)
         self._widgets = [self.case, self.volume, self.z, self.overlay, self.caption, self.image, self.histogram,
                          rows[0], rows[1], rows[3], self.widget]
         self.renders = 0  # images drawn so far (fewer than events when changes come quickly)
