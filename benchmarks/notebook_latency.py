@@ -14,7 +14,8 @@ Measures:
   browser    (``--browser``) the same notebook run from JupyterLab's Run menu in Debian's chromium,
              then single slice changes from the keyboard: seconds until the new image is decoded in
              the page (tests/labdriver.py)
-Numbers come from this run only; say whether the machine was otherwise idle when quoting them.
+Every part works in temporary cache folders (the user's cache is never read or written). Numbers
+come from this run only; say whether the machine was otherwise idle when quoting them.
 """
 
 from __future__ import annotations
@@ -131,18 +132,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
 
-    cache = os.environ.get("MEDSSL_CACHE_DIR")
     results: dict = {"dataset": args.dataset, "machine": platform.node(), "cpus": os.cpu_count(),
                      "load_average_at_start": os.getloadavg()}
     if not args.skip_first_open:
         results["first_open_s"] = first_open(args.dataset, args.repeat)
-    if cache is None:  # redraws use the user's cache (the first-open runs used their own, now deleted)
-        os.environ.pop("MEDSSL_CACHE_DIR", None)
-    else:
+    with tempfile.TemporaryDirectory(prefix="medssl-latency-") as cache:  # never the user's cache
         os.environ["MEDSSL_CACHE_DIR"] = cache
-    results["kernel_redraw"] = kernel_redraws(args.dataset)
-    if args.browser:
-        results["browser_redraw"] = browser_redraws(args.dataset)
+        results["kernel_redraw"] = kernel_redraws(args.dataset)
+        if args.browser:
+            results["browser_redraw"] = browser_redraws(args.dataset)
     results["load_average_at_end"] = os.getloadavg()
     print(json.dumps(results, indent=1))
     if args.out:
