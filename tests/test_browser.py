@@ -115,29 +115,36 @@ def test_explore_data_in_jupyterlab(lab, open_notebook):
     facts: dict = {"redraw_s": []}
     with artefacts_on_failure(lab, nb, "00_explore_data", facts):
         nb.run_all_from_menu()
-        nb.wait_finished(240)
-        _assert_clean(nb, lab)
+        nb.page.wait_for_selector("img.medssl-slice", timeout=180_000)
         view = VolumeBrowserView(nb)
-        assert view.root.count() == 1, "the volume browser is not shown as a widget"
-        assert view.root.locator("select").count() == 2 and view.root.locator(".widget-slider").count() == 1
-        assert view.overlay.count() == 1
-        for img in ("img.medssl-slice", "img.medssl-histogram"):
-            assert nb.page.evaluate(f"() => document.querySelector('{img}').naturalWidth") > 0, img
-        assert nb.page.locator(f"{nb.NOTEBOOK} .jp-OutputArea-output img").count() >= 5  # strip … augmentations
-        facts["start"] = view.settled()
-        n_cases = view.case.locator("option").count()
-        for burst in range(2):  # every widget, quickly, twice in a row
+
+        def burst(i: int) -> None:  # every widget, quickly, twice in a row
+            n_cases = view.case.locator("option").count()
             view.handle.press("ArrowRight")
-            view.case.select_option(index=(1 + burst) % n_cases)
-            view.case.select_option(index=(2 + burst) % n_cases)
+            view.case.select_option(index=(1 + i) % n_cases)
+            view.case.select_option(index=(2 + i) % n_cases)
             view.volume.select_option(index=1)
             view.volume.select_option(index=2)
             view.handle.press("ArrowLeft")
             view.handle.press("ArrowLeft")
             for _ in range(3):
                 view.overlay.click()
-            facts[f"burst{burst}"] = view.settled()
-        assert facts["burst0"]["overlay"] is False and facts["burst1"]["overlay"] is True  # 3 clicks each
+
+        burst(0)  # while the later cells still run and draw their own figures on the main thread
+        facts["during_run_all"] = not all(p.startswith("[") and p[1:-2].isdigit() for p in nb.prompts())
+        nb.wait_finished(240)
+        _assert_clean(nb, lab)
+        facts["burst0"] = view.settled()
+        assert view.root.count() == 1, "the volume browser is not shown as a widget"
+        assert view.root.locator("select").count() == 2 and view.root.locator(".widget-slider").count() == 1
+        assert view.overlay.count() == 1
+        for img in ("img.medssl-slice", "img.medssl-histogram"):
+            assert nb.page.evaluate(f"() => document.querySelector('{img}').naturalWidth") > 0, img
+        assert nb.page.locator(f"{nb.NOTEBOOK} .jp-OutputArea-output img").count() >= 5  # strip … augmentations
+        for i in (1, 2):
+            burst(i)
+            facts[f"burst{i}"] = view.settled()
+        assert [facts[f"burst{i}"]["overlay"] for i in range(3)] == [False, True, False]  # 3 clicks each
         for _ in range(6):  # single slice changes: the redraw as the student sees it
             facts["redraw_s"].append(view.redraw_s(view.step_slice))
             view.settled()
@@ -147,7 +154,7 @@ def test_explore_data_in_jupyterlab(lab, open_notebook):
         assert "cannot show" not in view.state()["caption"] and view.root.count() == 1  # no stacked copies
         print(f"\nbrowser redraw after a slice change: median {statistics.median(facts['redraw_s']):.3f} s, "
               f"max {max(facts['redraw_s']):.3f} s (target {REDRAW_TARGET_S} s); case change "
-              f"{facts['case_change_s']:.3f} s")
+              f"{facts['case_change_s']:.3f} s; first burst while cells still ran: {facts['during_run_all']}")
         assert max(facts["redraw_s"]) <= REDRAW_LIMIT_S, f"slice redraws took {facts['redraw_s']} s"
 
 
