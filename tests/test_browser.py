@@ -61,7 +61,7 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+def lab(tmp_path_factory, browser):  # the browser first: without one, skip before starting a server
     root = tmp_path_factory.mktemp("lab")
     with Lab(root) as server:
         yield server
