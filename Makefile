@@ -12,7 +12,7 @@ BOOTSTRAP_PY ?= python3
 DEPS_HASH := $(shell $(BOOTSTRAP_PY) -c "import hashlib;print(hashlib.sha256(open('pyproject.toml','rb').read()).hexdigest()[:12])")
 STAMP := $(VENV)/.medssl-deps-$(DEPS_HASH)
 
-.PHONY: venv test study benchmarks clean-cache
+.PHONY: venv test study benchmarks teaching clean-cache
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(BOOTSTRAP_PY) -m venv $(VENV)
@@ -40,6 +40,10 @@ study: venv
 
 benchmarks: venv
 	$(PY) benchmarks/data.py
+
+TEACHING ?= teaching
+teaching: venv   # student copies (solutions replaced by prompts) and instructor copies of the notebooks
+	$(VENV)/bin/medssl teach $(TEACHING)
 
 clean-cache:
 	rm -rf $${MEDSSL_CACHE_DIR:-$$HOME/.cache/medssl}/slices $${MEDSSL_CACHE_DIR:-$$HOME/.cache/medssl}/phantoms

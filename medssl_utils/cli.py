@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     from medssl_utils.report import add_cli as add_report_cli
 
     add_report_cli(sub)
+    from medssl_utils.teach import add_cli as add_teach_cli
+
+    add_teach_cli(sub)
     return p
 
 

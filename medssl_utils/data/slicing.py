@@ -212,12 +212,10 @@ def _build(vs: VolumeSet, prep: Preprocessing, final: Path, progress: bool) -> P
         labels = np.lib.format.open_memmap(tmp / "labels.npy", mode="w+", dtype=np.uint8, shape=(n, s, s))
         rows: list[dict] = []
         start = 0
-        it = vs.volumes
-        if progress:
-            from tqdm.auto import tqdm
+        from medssl_utils.progress import progress as progress_bar
 
-            it = tqdm(it, desc=f"slicing {vs.spec}", unit="vol", mininterval=2.0)
-        for vol, n_z in zip(it, counts):
+        bar = progress_bar(len(vs.volumes), f"slicing {vs.spec}", progress)  # no widget: keeps the kernel "busy"
+        for vol, n_z in zip(vs.volumes, counts):
             where = vol.sources[0] if vol.sources else vol.volume_id
             image, label = vol.load()
             norm = normalise_volume(image, vol.meta.get("modality") or vs.modality, prep, where=where)
@@ -227,6 +225,8 @@ def _build(vs: VolumeSet, prep: Preprocessing, final: Path, progress: bool) -> P
                 labels[start:start + n_z] = lab_s
             rows += _slice_rows(vol, n_z, start)
             start += n_z
+            bar.update(1)
+        bar.close()
         images.flush()
         labels.flush()
         del images, labels

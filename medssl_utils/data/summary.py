@@ -39,12 +39,12 @@ def summarize(path: Path, *, decode: bool = True, progress: bool = False) -> dic
         vs = load_dataset(DatasetSpec(fmt, str(path)))
     label_values: set[int] = set()
     slices_labelled = 0
-    vols = vs.volumes
-    if progress:
-        from tqdm.auto import tqdm
+    from medssl_utils.progress import progress as progress_bar
 
-        vols = tqdm(vols, desc="checking volumes", unit="vol", mininterval=2.0)
+    vols = vs.volumes
+    bar = progress_bar(len(vols), "checking volumes", progress)
     for vol in vols:
+        bar.update(1)
         if not decode:
             if vol.has_label:
                 slices_labelled += vol.shape[2]
@@ -61,6 +61,7 @@ def summarize(path: Path, *, decode: bool = True, progress: bool = False) -> dic
             slices_labelled += label.shape[2]
             if not label.any():
                 problems.append(f"{vol.sources[-1]}: label map is empty (all background)")
+    bar.close()
     spacing = np.array([v.spacing for v in vs.volumes]) if vs.volumes else np.zeros((0, 3))
     shapes = np.array([v.shape for v in vs.volumes]) if vs.volumes else np.zeros((0, 3))
     labelled = [v for v in vs.volumes if v.has_label]

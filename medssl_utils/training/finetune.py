@@ -130,10 +130,11 @@ def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(cfg.max_steps // 20, 0)
     ds = SliceDataset(data.cache, data.train_rows)
     global_batch = cfg.batch_size * fabric.world_size  # batch_size is per process
-    start = 0
+    start, earlier_s = 0, 0.0  # earlier_s: time the interrupted sessions spent up to their last save
     last = rd.checkpoints / "last.pt"
     if last.is_file():
-        start, _ = loop.load_state(last, loop.unwrap(model), optimizer)
+        start, extra = loop.load_state(last, loop.unwrap(model), optimizer)
+        earlier_s = float(extra.get("elapsed_s", 0.0))
         rd.load_history(start)
     loader = fabric.setup_dataloaders(
         DataLoader(ds, batch_sampler=loop.StreamBatchSampler(len(ds), cfg.batch_size, cfg.seed, start, cfg.max_steps,
@@ -190,7 +191,8 @@ def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
                     row.update({k: v for k, v in validate(done).items() if k.startswith("val_")})
                     bar.set_postfix_str(f"loss {row['loss']:.3f} val Dice {row['val_dice']:.3f}")
                     if fabric.is_global_zero:
-                        loop.save_state(last, done, loop.unwrap(model), optimizer)
+                        loop.save_state(last, done, loop.unwrap(model), optimizer,
+                                        {"elapsed_s": earlier_s + time.perf_counter() - t0})
                     rd.log(row)
                     rd.flush_history()
                 else:
@@ -222,7 +224,8 @@ def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
         "seed": cfg.seed, "split": data.split.scheme, "test": test,
         "val_final_dice": vals[-1] if vals else None, "val_best_dice": max(vals) if vals else None,
         "schedule": {"base_lr": base_lr, "warmup_steps": warmup, "recalibrate_bn_slices": int(len(bn_rows))},
-        "timings": {"total_s": round(time.perf_counter() - t0, 2), "train_s": round(train_time, 2),
+        "timings": {"total_s": round(earlier_s + time.perf_counter() - t0, 2), "resumed_at_step": start or None,
+                    "train_s": round(train_time, 2),
                     "eval_s": round(eval_time + test_time, 2),
                     "images_per_s": round((cfg.max_steps - start) * global_batch / train_time, 1)
                     if train_time else None},

@@ -133,10 +133,11 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
     optimizer = loop.make_optimizer(cfg.optimizer, model, base_lr, wd)
     model, optimizer = fabric.setup(model, optimizer)
     warmup = warmup_steps(cfg.warmup_epochs, steps_per_epoch, total)
-    start = 0
+    start, earlier_s = 0, 0.0  # earlier_s: time the interrupted sessions spent up to their last save
     last = rd.checkpoints / "last.pt"
     if last.is_file():
-        start, _ = loop.load_state(last, loop.unwrap(model), optimizer)
+        start, extra = loop.load_state(last, loop.unwrap(model), optimizer)
+        earlier_s = float(extra.get("elapsed_s", 0.0))
         rd.load_history(start)
     aug = SSLAugment(output_size=cfg.image_size, **{**METHOD_AUGMENT.get(cfg.method, {}), **cfg.augment})
     loader = fabric.setup_dataloaders(
@@ -223,7 +224,8 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
                         rd.log({"step": done, "epoch": done / steps_per_epoch,
                                 "time_s": round(time.perf_counter() - t0, 3), "knn_acc": acc})
                 if fabric.is_global_zero:
-                    loop.save_state(rd.checkpoints / "last.pt", done, loop.unwrap(model), optimizer)
+                    loop.save_state(rd.checkpoints / "last.pt", done, loop.unwrap(model), optimizer,
+                                    {"elapsed_s": earlier_s + time.perf_counter() - t0})
                 rd.flush_history()
                 tick = time.perf_counter()
     except KeyboardInterrupt:
@@ -250,7 +252,8 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
         "schedule": {"base_lr": base_lr, "warmup_steps": warmup, "steps_per_epoch": steps_per_epoch,
                      **({"base_momentum": loop.unwrap(model).resolved_base_momentum(total)}
                         if cfg.method == "byol" else {})},
-        "timings": {"total_s": round(time.perf_counter() - t0, 2), "train_s": round(train_time, 2),
+        "timings": {"total_s": round(earlier_s + time.perf_counter() - t0, 2), "resumed_at_step": start or None,
+                    "train_s": round(train_time, 2),
                     "images_per_s": round((total - start) * cfg.batch_size * fabric.world_size / train_time, 1)
                     if train_time else None},
         "device": str(fabric.device), "devices": fabric.world_size, "precision": PRECISIONS[str(cfg.precision)],

@@ -1,0 +1,124 @@
+"""Teaching copies: student copies hold no solution code, instructor copies hold all of it.
+
+(The instructor copies are executed, solutions checked, in tests/test_notebooks.py.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medssl_utils import teach
+from medssl_utils.cli import main
+from medssl_utils.errors import DataError
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+@pytest.fixture(scope="module")
+def copies(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teach")
+    assert main(["teach", str(out)]) == 0
+    return out
+
+
+def _nb(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _src(cell) -> str:
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
+def test_student_copy_holds_no_solution(copies, path):
+    source, student = _nb(path), _nb(copies / "student" / path.name)
+    solutions = [c for c in source["cells"] if teach.SOLUTION in c["metadata"].get("tags", [])]
+    exercises = [c for c in source["cells"] if teach.EXERCISE in c["metadata"].get("tags", [])]
+    assert solutions and exercises, f"{path.name}: no exercise"  # every notebook teaches something
+    assert any(c["cell_type"] == "code" for c in solutions), f"{path.name}: no implementation exercise"
+    assert len(student["cells"]) == len(source["cells"])
+    student_text = "\n".join(_src(c) for c in student["cells"])
+    for cell in solutions:
+        for line in teach.solution_code(cell):
+            assert line not in student_text, f"{path.name}: solution line {line!r} in the student copy"
+    assert not any(teach.SOLUTION in c["metadata"].get("tags", []) for c in student["cells"])
+    assert not any(c.get("outputs") for c in student["cells"] if c["cell_type"] == "code")
+    for cell in student["cells"]:
+        if "student" in cell["metadata"].get("tags", []) and cell["cell_type"] == "code":
+            namespace = {"np": np, "torch": None, "pd": None}
+            with pytest.raises(NotImplementedError, match=r"exercise: write `\w+`"):
+                exec(compile(_src(cell), path.name, "exec"), namespace)  # defines the stub
+                fn = next(v for k, v in namespace.items() if callable(v) and not k.startswith("__"))
+                fn(*[np.zeros(3)] * fn.__code__.co_argcount)
+    assert [_src(c) for c in student["cells"] if teach.EXERCISE in c["metadata"].get("tags", [])] == [
+        _src(c) for c in exercises]  # the questions stay
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
+def test_instructor_copy_is_the_notebook_with_a_banner(copies, path):
+    source, instructor = _nb(path), _nb(copies / "instructor" / path.name)
+    cells = instructor["cells"]
+    assert "Instructor copy" in _src(cells[1]) and f"student/{path.name}" in _src(cells[1])
+    assert [_src(c) for c in cells[:1] + cells[2:]] == [_src(c) for c in source["cells"]]
+
+
+def test_student_prompts_keep_the_signature_and_docstring():
+    cell = {"cell_type": "code", "metadata": {"tags": ["solution"]}, "outputs": [], "execution_count": None,
+            "source": 'def f(x):\n    """Doc."""\n    ### BEGIN SOLUTION\n    return x + 1\n    ### END SOLUTION\n'}
+    nb = {"cells": [{"cell_type": "markdown", "metadata": {"tags": ["exercise"]}, "source": "Q"}, cell]}
+    stub = _src(teach.student_copy(nb)["cells"][1])
+    assert stub.startswith('def f(x):\n    """Doc."""\n    raise NotImplementedError(') and "x + 1" not in stub
+    answer = {"cell_type": "markdown", "metadata": {"tags": ["solution"]}, "source": "**Answer.** 42"}
+    nb["cells"][1] = answer
+    assert _src(teach.student_copy(nb)["cells"][1]) == teach.ANSWER_PROMPT
+
+
+@pytest.mark.parametrize("cells,message", [
+    ([("code", ["solution"], "x = 1")], "tagged 'solution' but no 'exercise' cell comes before it"),
+    ([("markdown", ["exercise", "solution"], "Q")], "tagged both"),
+    ([("markdown", ["exercise"], "Q"), ("code", ["solution"], "### BEGIN SOLUTION\nx = 1\n")], "never closed"),
+    ([("markdown", ["exercise"], "Q"), ("code", ["solution"], "x = 1\n### END SOLUTION\n")], "without"),
+])
+def test_malformed_exercises_are_refused_with_one_line(tmp_path, cells, message):
+    nb = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": "# T"}] + [
+        {"cell_type": k, "metadata": {"tags": t}, "source": s, **({"outputs": [], "execution_count": None}
+                                                                  if k == "code" else {})} for k, t, s in cells],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    (tmp_path / "nb").mkdir()
+    (tmp_path / "nb" / "x.ipynb").write_text(json.dumps(nb))
+    with pytest.raises(DataError, match=message):
+        teach.make_copies(tmp_path / "out", tmp_path / "nb")
+    assert not (tmp_path / "out").exists()  # nothing is written when a notebook is malformed
+
+
+def test_cli_reports_a_folder_without_notebooks(tmp_path, capsys):
+    assert main(["teach", str(tmp_path / "out"), "--notebooks", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"medssl: error: {tmp_path}: no notebooks (*.ipynb) to make teaching copies of"
+
+
+def test_check_prints_agreement_or_says_how_far_off(capsys):
+    teach.check("f", {1: 0.5, 2: float("nan")}, {1: 0.5 + 1e-9, 2: float("nan")})
+    assert capsys.readouterr().out.startswith("✓ f agrees with medssl's reference")
+    with pytest.raises(teach.ExerciseMismatch, match=r"f: differs from medssl's reference by up to 0.1"):
+        teach.check("f", [0.5, 0.6], [0.5, 0.7])
+    with pytest.raises(teach.ExerciseMismatch, match=r"shape \(3,\) differs"):
+        teach.check("f", [1, 2, 3], [1, 2])
+    with pytest.raises(teach.ExerciseMismatch, match="expected a dict with keys"):
+        teach.check("f", [1.0], {1: 1.0})
+
+
+def test_byol_outputs_give_the_loss_medssl_trains_with():
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    v1, v2 = torch.randn(4, 1, 32, 32, generator=g), torch.randn(4, 1, 32, 32, generator=g)
+    out = teach.byol_outputs(v1, v2, encoder="test_resnet")
+    cos = torch.nn.functional.cosine_similarity
+    mine = -0.5 * (cos(out["p1"], out["t2"]).mean() + cos(out["p2"], out["t1"]).mean())
+    assert float(mine) == pytest.approx(out["loss"], abs=1e-6)
+    assert not np.isclose(out["loss"], float(-cos(out["p1"], out["t1"]).mean()))  # the views are crossed
