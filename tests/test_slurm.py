@@ -17,6 +17,7 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import nbformat
@@ -265,6 +266,10 @@ def test_error_line_of_a_job_traceback():
              "requeued because: timed-out and not checkpointable.\n----------------------\nYou can check full logs")
     assert slurm._last_error_line(trace).startswith("submitit.core.utils.UncompletedJobError: Job not requeued")
     assert slurm._state_word("CANCELLED by 0") == "CANCELLED" and slurm._state_word("") == "UNKNOWN"
+    why = slurm._explain("UncompletedJobError: Job not requeued because: timed-out too many times.", {"time": 240})
+    assert why.startswith("the run reached its time limit (240 min, slurm.time / --time) on every attempt")
+    assert why.endswith("(UncompletedJobError: Job not requeued because: timed-out too many times.)")
+    assert slurm._explain("ValueError: boom", {"time": 5}) == "ValueError: boom"
 
 
 # ============================================================================ a real SLURM
@@ -293,6 +298,11 @@ def slurm_cluster():
     proc = subprocess.run(["bash", str(START)], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     if proc.returncode != 0 or not _sinfo_ready():
         pytest.fail(f"tests/slurm/start.sh could not start SLURM (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def _unique(prefix: str) -> str:
+    """A study name no earlier test run used (the tests count a study's jobs by name in sacct)."""
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
 
 
 def _sacct_jobs(name_prefix: str) -> list[tuple[str, str, str]]:
@@ -330,7 +340,8 @@ CARDIAC = "phantom:cardiac?cases=4"
 @pytest.mark.slow
 def test_toy_study_through_slurm_equals_local(tmp_path, slurm_cluster):
     """The real notebooks at toy size: one BYOL stage -> two fine-tuning runs, through SLURM and locally."""
-    doc = {"name": "toy", "results_dir": "results", "defaults": TOY,
+    name = _unique("toy")
+    doc = {"name": name, "results_dir": "results", "defaults": TOY,
            "slurm": {"time": 10, "cpus_per_task": 1},
            "pretrain": {"stages": {"byol": {
                "method": "byol", "datasets": [CARDIAC], "epochs": 1, "batch_size": 48, "optimizer": "adamw",
@@ -338,7 +349,7 @@ def test_toy_study_through_slurm_equals_local(tmp_path, slurm_cluster):
            "finetune": {"dataset": CARDIAC, "labelled_slices": [6], "seeds": [0],
                         "params": {"max_steps": 4, "eval_every": 2, "batch_size": 4, "lr": 0.001},
                         "strategies": {"random": "random", "byol": "stage:byol"}}}
-    path = tmp_path / "toy.yaml"
+    path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     on_slurm = st.run_study(path, executor="slurm", executor_options={"poll_s": 1}, progress=False)
     local = st.run_study(path, results_dir=tmp_path / "local", workers=2, progress=False)
@@ -359,7 +370,7 @@ def test_toy_study_through_slurm_equals_local(tmp_path, slurm_cluster):
     assert "lineage_name" in result(tmp_path / "results/finetune/byol/n6/seed0")
     assert 0 < on_slurm.training_share < 1
     assert on_slurm.training_share == pytest.approx(on_slurm.train_seconds / on_slurm.worker_seconds)
-    jobs = _jobs_when_ended("medssl-toy-")
+    jobs = _jobs_when_ended(f"medssl-{name}-")
     assert len(jobs) == 3 and {j[2] for j in jobs} == {"COMPLETED"}
 
 
@@ -409,7 +420,7 @@ def test_scancelled_job_is_recorded_failed_and_the_rest_finish(tmp_path, nbs, sl
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_interrupted_submitter_neither_loses_nor_duplicates_runs(tmp_path, nbs, slurm_cluster):
-    name = f"intr{os.getpid()}"
+    name = _unique("intr")
     path = _study(tmp_path, nbs, name, pretrain={"stages": {"a": {**STAGE, "sleep": 12}}},
                   finetune={**FT, "seeds": [0, 1], "strategies": {"r": "random", "a": "stage:a"}})
     stage = tmp_path / "results/pretrain/a"
@@ -432,6 +443,8 @@ def test_interrupted_submitter_neither_loses_nor_duplicates_runs(tmp_path, nbs, 
     text = st.format_status(list(rows.values()), name)
     assert f"running   pretrain/a  job {stage_job} (RUNNING)" in text
     assert rows["finetune/a/n2/seed0"]["state"] == "pending" and "job" not in rows["finetune/a/n2/seed0"]
+    with pytest.raises(MedsslError, match=rf"runs have SLURM jobs queued or running: pretrain/a \(job {stage_job}\)"):
+        st.run_study(path, progress=False)  # the local executor refuses to run them a second time
 
     # the same command again: waits for the stage's job (adopted, not resubmitted), then does the rest
     again = st.run_study(path, executor="slurm", executor_options={"poll_s": 1}, progress=False)
@@ -449,7 +462,7 @@ def test_interrupted_submitter_neither_loses_nor_duplicates_runs(tmp_path, nbs, 
 @pytest.mark.slow
 def test_jobs_submitted_but_not_recorded_are_found_by_name(tmp_path, nbs, slurm_cluster, monkeypatch):
     """The submitter dies between sbatch and writing slurm.json: the next run finds the job in the queue."""
-    name = f"lost{os.getpid()}"
+    name = _unique("lost")
     path = _study(tmp_path, nbs, name, finetune={**FT, "strategies": {"r": {"init": "random", "sleep": 8}}})
     run_dir = tmp_path / "results/finetune/r/n2/seed0"
 
@@ -502,7 +515,7 @@ def test_devices_run_as_one_job_with_a_task_per_device(tmp_path, slurm_cluster):
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(textwrap.dedent(DDP_CELL))]
     nbformat.write(nb, tmp_path / "ddp.ipynb")
-    name = f"ddp{os.getpid()}"
+    name = _unique("ddp")
     path = make_study(tmp_path, {"pretrain": str(tmp_path / "ddp.ipynb"), "finetune": str(tmp_path / "ddp.ipynb")},
                       name=name, slurm={"time": 5, "cpus_per_task": 1}, defaults={},
                       finetune={**FT, "params": {"devices": 2}})

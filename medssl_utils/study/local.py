@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from medssl_utils.errors import ParameterError
+from medssl_utils.errors import MedsslError, ParameterError
 from medssl_utils.study.records import Outcome, one_line, read_state, write_result, write_study_json
 from medssl_utils.study.spec import Run, Study
 
@@ -139,7 +139,17 @@ class LocalExecutor:
         self._running: dict = {}
 
     def adopt(self, study: Study, runs: list[Run]) -> list[Run]:
-        """Nothing executes here between invocations: an interrupted run is simply run again."""
+        """Nothing executes here between invocations: an interrupted run is simply run again. Runs
+        that SLURM jobs (``--executor slurm``) are still executing are refused, not run twice."""
+        from medssl_utils.study.slurm import ACTIVE, active_jobs
+
+        busy = {rid: job for rid, (job, state) in active_jobs(runs).items() if state in ACTIVE}
+        if busy:
+            shown = ", ".join(f"{rid} (job {job})" for rid, job in list(busy.items())[:3])
+            more = f" and {len(busy) - 3} more" if len(busy) > 3 else ""
+            raise MedsslError(f"{len(busy)} runs have SLURM jobs queued or running: {shown}{more}; running them "
+                              "here too would do them twice: wait for them (medssl study run --executor slurm "
+                              "adopts them) or scancel them first")
         return []
 
     def start(self, study: Study, runs: list[Run], force: bool) -> None:

@@ -235,6 +235,25 @@ def _check_max_jobs(value) -> int:
 
 
 # ============================================================================ in the job
+class RunJob:
+    """The call a SLURM job executes (pickled by submitit): :func:`run_job`.
+
+    It is *checkpointable* in submitit's sense: when the job is about to reach its time limit
+    (SLURM signals it 90 s before) or is preempted, submitit calls :meth:`checkpoint` and
+    requeues the job (same job id) instead of letting it die; the notebook then resumes from
+    ``checkpoints/last.pt`` (saved every epoch when pretraining, at every evaluation when
+    fine-tuning). A run that times out more than 3 times is recorded as failed.
+    """
+
+    def __call__(self, study: Study, run: Run, force: bool) -> Outcome | None:
+        return run_job(study, run, force)
+
+    def checkpoint(self, study: Study, run: Run, force: bool):
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, study, run, False)  # resume, never start over (force) again
+
+
 def run_job(study: Study, run: Run, force: bool) -> Outcome | None:
     """What a SLURM job executes (pickled by submitit): the run's notebook, on this node.
 
@@ -438,10 +457,10 @@ class SlurmExecutor:
             run.run_dir.mkdir(parents=True, exist_ok=True)
         try:
             if len(group) == 1:
-                jobs = [ex.submit(run_job, study, group[0], force)]
+                jobs = [ex.submit(RunJob(), study, group[0], force)]
             else:
                 with ex.batch():
-                    jobs = [ex.submit(run_job, study, run, force) for run in group]
+                    jobs = [ex.submit(RunJob(), study, run, force) for run in group]
         except FailedJobError as exc:  # sbatch said no: no job was made
             intent.unlink(missing_ok=True)
             lines = [ln for ln in str(exc).splitlines() if ln.strip()]
@@ -535,19 +554,29 @@ class SlurmExecutor:
         if isinstance(returned, Outcome):
             outcome = dataclasses.replace(returned, run=run, job=job.job_id)
             if outcome.outcome == "failed":
-                outcome = dataclasses.replace(outcome, error=f"{outcome.error} [{where}]")
+                outcome = dataclasses.replace(outcome, error=f"{_explain(outcome.error, self.params[run.id])} [{where}]")
                 write_result(run, {"status": "failed", "error": outcome.error})
         else:
             seconds = _sacct_elapsed(job.job_id)
             if read_state(run)[0] == "complete":  # the notebook finished; the job died afterwards
                 outcome = Outcome(run, "done", None, seconds, job=job.job_id)
             else:
-                what = f"the job failed: {trace}" if trace else "the job ended without the run completing"
+                what = f"the job failed: {_explain(trace, self.params[run.id])}" if trace else \
+                    "the job ended without the run completing"
                 error = f"{what} [{where}]"
                 write_result(run, {"status": "failed", "error": error})
                 outcome = Outcome(run, "failed", error, seconds, job=job.job_id)
         _write_job(run, {**rec, "state": state if final else "returned", "ended": _now()})
         return outcome
+
+
+def _explain(error: str, params: Mapping) -> str:
+    """submitit's words for a run stopped at its time limit, in the study's terms."""
+    if "timed-out" in error and "not requeued" in error.lower():
+        return (f"the run reached its time limit ({params.get('time')} min, slurm.time / --time) on every attempt "
+                f"(submitit requeues a timed-out job up to 3 times); raise the limit and run the study again: the "
+                f"run resumes from checkpoints/last.pt ({error})")
+    return error
 
 
 def _last_error_line(text: str) -> str:
