@@ -44,9 +44,12 @@ def _finetune(run_dir, **kw):
     return training.finetune(**args)
 
 
-def _losses(run_dir: Path) -> pd.Series:
-    hist = pd.read_csv(run_dir / "history.csv")
-    return hist["loss"].dropna()
+def _check_trained(r: dict, run_dir: Path, steps: int, precision: str) -> None:
+    """A complete run of ``steps`` steps on CUDA at ``precision``, its logged losses finite."""
+    assert r["status"] == "complete" and r["steps"] == steps
+    assert r["device"].startswith("cuda") and r["precision"] == precision
+    losses = pd.read_csv(run_dir / "history.csv")["loss"].dropna()
+    assert len(losses) >= 3 and all(math.isfinite(x) for x in losses)
 
 
 @pytest.mark.gpu
@@ -54,10 +57,7 @@ def _losses(run_dir: Path) -> pd.Series:
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_finetune_steps_on_cuda(tmp_path, precision):
     r = _finetune(tmp_path / "ft", precision=precision)
-    assert r["status"] == "complete" and r["steps"] == 6
-    assert r["device"].startswith("cuda") and r["precision"] == precision
-    losses = _losses(tmp_path / "ft")
-    assert len(losses) >= 3 and all(math.isfinite(x) for x in losses)
+    _check_trained(r, tmp_path / "ft", 6, precision)
     assert math.isfinite(r["test"]["mean_dice"]) and r["timings"]["train_s"] > 0
     assert list((tmp_path / "ft" / "predictions").glob("*.nii.gz"))
 
@@ -67,9 +67,7 @@ def test_finetune_steps_on_cuda(tmp_path, precision):
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_pretrain_steps_on_cuda(tmp_path, precision):
     r = _pretrain(tmp_path / "pre", precision=precision)
-    assert r["status"] == "complete" and r["steps"] == 4
-    assert r["device"].startswith("cuda") and r["precision"] == precision
-    assert all(math.isfinite(x) for x in _losses(tmp_path / "pre"))
+    _check_trained(r, tmp_path / "pre", 4, precision)
     assert Path(r["checkpoint"]).is_file()
 
 

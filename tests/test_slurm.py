@@ -23,7 +23,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-from test_study import STUDIES, in_process, log_lines, make_study, result, write_notebook
+from test_study import STUDIES, in_process, log_lines, make_study, nbs, result  # noqa: F401 - nbs: a fixture
 
 from medssl_utils import study as st
 from medssl_utils.errors import MedsslError, ParameterError
@@ -34,14 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 START = ROOT / "tests" / "slurm" / "start.sh"
 FT = {"dataset": "phantom:cardiac", "labelled_slices": [2], "seeds": [0], "strategies": {"r": "random"}}
 STAGE = {"method": "byol", "datasets": ["phantom:cardiac"]}
-
-
-@pytest.fixture
-def nbs(tmp_path) -> dict:
-    d = tmp_path / "nbs"
-    d.mkdir()
-    return {"pretrain": str(write_notebook(d / "pre.ipynb", "pretrain")),
-            "finetune": str(write_notebook(d / "fine.ipynb", "finetune"))}
 
 
 # ============================================================================ resources (no SLURM needed)
@@ -260,6 +252,23 @@ def test_a_second_runner_on_the_same_results_is_refused(tmp_path, nbs):
     assert st.run_study(path, progress=False, execute=in_process).counts == {"done": 1}
 
 
+def test_status_where_job_states_cannot_be_checked(tmp_path, nbs, monkeypatch):
+    """Results copied off the cluster: a recorded job whose state sacct cannot tell here is shown as such."""
+    path = make_study(tmp_path, nbs, finetune={**FT, "seeds": [0, 1]})
+    run_dir = tmp_path / "results/finetune/r/n2/seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "slurm.json").write_text(json.dumps({"job_id": "12_0", "job_name": "medssl-s-x", "ended": None}))
+    real_which = shutil.which
+    monkeypatch.setattr(slurm.shutil, "which", lambda cmd: None if cmd == "sacct" else real_which(cmd))
+    rows = {r["run_id"]: r for r in st.study_status(path)}
+    assert rows["finetune/r/n2/seed0"]["state"] == "pending"
+    assert rows["finetune/r/n2/seed0"]["job_state"] == "unknown: sacct not found on this machine"
+    assert "job" not in rows["finetune/r/n2/seed1"]
+    text = st.format_status(list(rows.values()), "s")
+    assert "  pending   finetune/r/n2/seed0  job 12_0 (unknown: sacct not found on this machine)" in text
+    assert "2 runs: 0 complete, 0 failed, 0 skipped, 0 running, 2 pending" in text
+
+
 def test_error_line_of_a_job_traceback():
     trace = ("Job (task=0) failed during processing with trace:\n----------------------\nTraceback (most recent "
              "call last):\n  File \"x.py\", line 1, in <module>\nsubmitit.core.utils.UncompletedJobError: Job not "
@@ -421,7 +430,7 @@ def test_scancelled_job_is_recorded_failed_and_the_rest_finish(tmp_path, nbs, sl
 @pytest.mark.slow
 def test_interrupted_submitter_neither_loses_nor_duplicates_runs(tmp_path, nbs, slurm_cluster):
     name = _unique("intr")
-    path = _study(tmp_path, nbs, name, pretrain={"stages": {"a": {**STAGE, "sleep": 12}}},
+    path = _study(tmp_path, nbs, name, pretrain={"stages": {"a": {**STAGE, "sleep": 20}}},
                   finetune={**FT, "seeds": [0, 1], "strategies": {"r": "random", "a": "stage:a"}})
     stage = tmp_path / "results/pretrain/a"
     cmd = [sys.executable, "-m", "medssl_utils", "study", "run", str(path), "--executor", "slurm", "--poll", "1"]
@@ -437,9 +446,13 @@ def test_interrupted_submitter_neither_loses_nor_duplicates_runs(tmp_path, nbs, 
     stage_job = json.loads((stage / "slurm.json").read_text())["job_id"]
     assert "still queued or running" in err and stage_job in err and "medssl: interrupted" in err
 
-    # status shows the job that is still running, with its id
-    rows = {r["run_id"]: r for r in st.study_status(path)}
-    assert rows["pretrain/a"]["state"] == "running" and rows["pretrain/a"]["job"] == stage_job
+    # status shows the job that is still running, with its id (once accounting has recorded its start)
+    def stage_running():
+        rows = {r["run_id"]: r for r in st.study_status(path)}
+        return rows if rows["pretrain/a"]["state"] == "running" else None
+
+    rows = _wait_for(stage_running, 15, "sacct to show the stage's job running")
+    assert rows["pretrain/a"]["job"] == stage_job
     text = st.format_status(list(rows.values()), name)
     assert f"running   pretrain/a  job {stage_job} (RUNNING)" in text
     assert rows["finetune/a/n2/seed0"]["state"] == "pending" and "job" not in rows["finetune/a/n2/seed0"]

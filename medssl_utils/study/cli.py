@@ -104,7 +104,7 @@ def format_status(rows: list[dict], study_name: str = "", every_run: bool = Fals
         lines.append(f"  {key:<{width}s}  " + ", ".join(f"{n} {s}" for s, n in c.items() if n))
     jobs = [r for r in rows if r.get("job")]
     if jobs:
-        lines.append("SLURM jobs queued or running:")
+        lines.append("SLURM jobs queued or running (or whose state cannot be checked here):")
         for r in jobs:
             lines.append(f"  {r['state']:<9s} {r['run_id']}  job {r['job']} ({r['job_state']})")
     shown = rows if every_run else [r for r in rows if r["state"] in ("failed", "skipped")]

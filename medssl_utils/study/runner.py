@@ -322,7 +322,7 @@ def study_status(study: Study | str | os.PathLike, results_dir: str | os.PathLik
     if not isinstance(study, Study):
         study = load_study(study, results_dir)
     order = execution_order(study.runs)
-    from medssl_utils.study.slurm import active_jobs
+    from medssl_utils.study.slurm import ACTIVE, QUEUED, active_jobs
 
     jobs = active_jobs(order)
     rows = []
@@ -332,6 +332,7 @@ def study_status(study: Study | str | os.PathLike, results_dir: str | os.PathLik
                "run_dir": str(run.run_dir)}
         if run.id in jobs and state != "complete":
             row["job"], row["job_state"] = jobs[run.id]
-            row["state"] = "running" if row["job_state"] in ("RUNNING", "COMPLETING") else "queued"
+            if row["job_state"] in ACTIVE:  # else "unknown: <why>": the state stays what result.json says
+                row["state"] = "queued" if row["job_state"] in QUEUED else "running"
         rows.append(row)
     return rows

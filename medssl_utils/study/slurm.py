@@ -321,11 +321,10 @@ def _sacct_elapsed(job_id: str) -> float:
 
 
 def active_jobs(runs: list[Run]) -> dict[str, tuple[str, str]]:
-    """``{run id: (job id, state)}`` for runs whose recorded SLURM job is queued or running now.
-
-    One ``sacct`` call (through submitit) for every run with a ``slurm.json`` not marked ended;
-    where ``sacct`` or submitit is missing, the state reads ``unknown: ...`` with the reason.
-    """
+    """``{run id: (job id, state)}`` for runs whose recorded SLURM job is queued or running now
+    (a state in :data:`ACTIVE`), or cannot be checked here (state ``unknown: <why>``: no ``sacct``
+    or no submitit on this machine). One ``sacct`` call for every run whose ``slurm.json`` is not
+    marked ended."""
     records = {r.id: rec for r in runs if (rec := read_job(r)) and not rec.get("ended")}
     if not records:
         return {}
