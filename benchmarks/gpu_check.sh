@@ -14,7 +14,8 @@
 #
 # --dry-run needs no GPU: the same three steps with the packages checked, the GPU tests only collected,
 # and the throughput benchmark run on CPU at toy size; tested on CPU by tests/test_gpu.py so that a GPU
-# slot is never lost to a broken script. Exit status: 0 all steps passed, 1 a step failed (the JSON
+# slot is never lost to a broken script. Each step has a time cap (90 + 240 + 180 s on a GPU), so a hang
+# costs at most 8.5 minutes. Exit status: 0 all steps passed, 1 a step failed (the JSON
 # says which), 2 bad option, 3 packages missing or no GPU (nothing else was run).
 set -uo pipefail
 
@@ -60,7 +61,7 @@ PY
 }
 
 # ---------------------------------------------------------------- 1. environment
-step environment 120 "$PY" - "$OUT/env.json" "$DRY" <<'PY'
+step environment 90 "$PY" - "$OUT/env.json" "$DRY" <<'PY'
 import importlib, json, platform, shutil, subprocess, sys
 out, dry = sys.argv[1], sys.argv[2] == "1"
 need = ["torch", "torchvision", "timm", "segmentation_models_pytorch", "lightly", "lightning_fabric", "monai",
@@ -98,14 +99,14 @@ ENV_RC=$?
 # ---------------------------------------------------------------- 2. GPU tests, 3. throughput
 if (( ENV_RC == 0 )); then
     if (( DRY )); then
-        step "gpu tests" 300 "$PY" -m pytest -q -p no:cacheprovider --collect-only -m gpu "$ROOT/tests/test_gpu.py"
-        step throughput 400 "$PY" "$ROOT/benchmarks/train_throughput.py" --device cpu --precision 32 \
+        step "gpu tests" 240 "$PY" -m pytest -q -p no:cacheprovider --collect-only -m gpu "$ROOT/tests/test_gpu.py"
+        step throughput 300 "$PY" "$ROOT/benchmarks/train_throughput.py" --device cpu --precision 32 \
             --encoder test_resnet --image-size 32 --batch-size 4 --steps 2 --warmup 1 \
             --spec "phantom:cardiac?cases=4" --out "$OUT/throughput.json"
     else
-        step "gpu tests" 300 "$PY" -m pytest -q -p no:cacheprovider -m gpu -rA --durations=0 \
+        step "gpu tests" 240 "$PY" -m pytest -q -p no:cacheprovider -m gpu -rA --durations=0 \
             --junitxml="$OUT/gpu-tests.xml" "$ROOT/tests/test_gpu.py"
-        step throughput 240 "$PY" "$ROOT/benchmarks/train_throughput.py" --device cuda --precision bf16-mixed \
+        step throughput 180 "$PY" "$ROOT/benchmarks/train_throughput.py" --device cuda --precision bf16-mixed \
             --channels-last --encoder resnet50 --image-size 224 --batch-size 64 --out "$OUT/throughput.json"
     fi
 fi
