@@ -428,6 +428,31 @@ def test_scancelled_job_is_recorded_failed_and_the_rest_finish(tmp_path, nbs, sl
 
 @pytest.mark.slurm
 @pytest.mark.slow
+def test_a_job_lingering_after_its_run_failed_is_cancelled(tmp_path, slurm_cluster):
+    """Rank 0 of a devices: 2 run fails while rank 1 waits (as DDP ranks wait for a dead rank 0): the job
+    would hold its CPUs/GPUs until its time limit; the runner cancels it once the failure is recorded."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
+    params = nbformat.v4.new_code_cell("run_dir = None\ndevices = 1")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(
+        "import os, time\nif os.environ['SLURM_PROCID'] == '0':\n    raise ValueError('broke')\ntime.sleep(300)")]
+    nbformat.write(nb, tmp_path / "linger.ipynb")
+    name = _unique("linger")
+    path = make_study(tmp_path, {"pretrain": str(tmp_path / "linger.ipynb"), "finetune": str(tmp_path / "linger.ipynb")},
+                      name=name, slurm={"time": 5, "cpus_per_task": 1}, defaults={},
+                      finetune={**FT, "params": {"devices": 2}})
+    t0 = time.monotonic()
+    summary = st.run_study(path, executor="slurm", executor_options={"poll_s": 1}, progress=False)
+    error = summary.outcomes[0].error
+    assert summary.counts == {"failed": 1} and error.startswith("ValueError: broke (notebook cell [3]) [SLURM job ")
+    assert ", cancelled: it went on after the run had failed; log " in error
+    jobs = _jobs_when_ended(f"medssl-{name}-")
+    assert [j[2].split()[0] for j in jobs] == ["CANCELLED"] and time.monotonic() - t0 < 120
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
 def test_interrupted_submitter_neither_loses_nor_duplicates_runs(tmp_path, nbs, slurm_cluster):
     name = _unique("intr")
     path = _study(tmp_path, nbs, name, pretrain={"stages": {"a": {**STAGE, "sleep": 20}}},

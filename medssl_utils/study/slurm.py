@@ -22,7 +22,8 @@ A rerun (after Ctrl-C, a lost login session or a crash) first adopts the runs wh
 still queued or running, then submits only what is missing. A job that ends without its run
 complete (cancelled, timed out, preempted and not requeued, out of memory, node failure, a
 failing notebook) is recorded in ``result.json`` as ``failed`` with the SLURM state and the log
-path, and the rest go on. ``devices: N > 1`` runs as one job with N tasks on one node (and N
+path, and the rest go on; a job still running after its run's failure came back is cancelled.
+``devices: N > 1`` runs as one job with N tasks on one node (and N
 GPUs when GPUs are asked for): every task executes the notebook, lightning Fabric finds its rank
 from SLURM's environment, and only rank 0 writes the run directory (the other ranks' executed
 notebooks go to ``<run_dir>/rank<k>/``).
@@ -550,6 +551,11 @@ class SlurmExecutor:
             state = self._state(job)
         final = state not in ACTIVE  # else task 0 has returned and the job is still finishing
         where = f"SLURM job {job.job_id}{' ' + state if final else ''}; log {log}"
+        if not ok and not final and returned is not None:
+            # the run's failure is recorded, yet the job lingers (a kernel left behind, other ranks waiting
+            # for rank 0): it would hold its CPUs/GPUs until its time limit
+            job.cancel(check=False)
+            where = f"SLURM job {job.job_id}, cancelled: it went on after the run had failed; log {log}"
         if isinstance(returned, Outcome):
             outcome = dataclasses.replace(returned, run=run, job=job.job_id)
             if outcome.outcome == "failed":
