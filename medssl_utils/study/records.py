@@ -1,0 +1,101 @@
+"""What the runner reads from and writes into run directories, and the outcome of one run.
+
+``result.json`` is the source of truth for a run's state (``docs/run-format.md``); the runner adds
+``study.json`` and, for runs it decides without a notebook result, its own ``result.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from medssl_utils.study.spec import Run, Study
+
+STATES = ("complete", "failed", "skipped", "running", "pending")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one run: ``done``, ``already complete``, ``skipped``, ``failed``
+    (dry run: ``would run``, ``already complete``, ``would skip``).
+
+    ``seconds``: the wall time of the notebook execution as the executor measured it (0 when
+    nothing was executed); ``train_s``: ``timings.train_s`` of the run's ``result.json`` after an
+    execution (None when it has none); ``job``: the SLURM job id of a run executed by SLURM.
+    """
+
+    run: Run
+    outcome: str
+    error: str | None = None
+    seconds: float = 0.0
+    train_s: float | None = None
+    job: str | None = None
+
+    @property
+    def executed(self) -> bool:
+        """True for runs whose notebook was executed in this invocation (done or failed)."""
+        return self.outcome in ("done", "failed")
+
+
+def read_result(run: Run) -> dict | None:
+    """The run's ``result.json`` as a dict, or None when missing or unreadable."""
+    try:
+        result = json.loads((run.run_dir / "result.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) else None
+
+
+def read_state(run: Run) -> tuple[str, str | None]:
+    """``(state, error)`` of a run from its ``result.json``: one of :data:`STATES`."""
+    result = read_result(run)
+    status = result.get("status") if result else None
+    if status not in STATES:
+        return "pending", None
+    return status, result.get("error")
+
+
+def training_seconds(run: Run) -> float | None:
+    """``timings.train_s`` of the run's ``result.json`` (seconds spent in training steps), or None."""
+    timings = (read_result(run) or {}).get("timings")
+    value = timings.get("train_s") if isinstance(timings, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _meta(run: Run) -> dict:
+    """What a result.json written by the runner says about the run besides its status."""
+    keys = ("datasets", "method", "epochs") if run.kind == "pretrain" else \
+        ("dataset", "labelled_slices", "labelled_fraction", "seed")
+    return {"kind": run.kind, "init": run.params["init"], **{k: run.params.get(k) for k in keys}}
+
+
+def write_study_json(study: Study, run: Run) -> None:
+    from medssl_utils.rundir import write_json
+
+    write_json(run.run_dir / "study.json", {
+        "study": study.name, "study_file": str(study.path), "run_id": run.id, "kind": run.kind,
+        "stage" if run.kind == "pretrain" else "strategy": run.name, "task": run.task, "budget": run.budget,
+        "seed": run.seed, "init": run.init, "depends_on": list(run.deps)})
+
+
+def write_result(run: Run, result: dict) -> None:
+    """A ``result.json`` written by the runner (atomically), with ``written_by`` and ``finished``."""
+    from medssl_utils.rundir import now, write_json
+
+    write_json(run.run_dir / "result.json", {**_meta(run), **result, "written_by": "study runner",
+                                             "finished": now()})
+
+
+def one_line(exc: BaseException) -> str:
+    """A papermill or other exception as one line: ``Name: first line of the message``."""
+    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
+    if ename:
+        text = f"{ename}: {evalue}" if evalue else str(ename)
+        cell = getattr(exc, "exec_count", None)
+        return first_line(text) + (f" (notebook cell [{cell}])" if cell else "")
+    return first_line(f"{type(exc).__name__}: {exc}")
+
+
+def first_line(text: str, limit: int = 500) -> str:
+    line = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -1,0 +1,338 @@
+"""The scheduler behind ``medssl study run``: which runs need executing, in what order, handed to
+an executor (:mod:`~medssl_utils.study.local` or :mod:`~medssl_utils.study.slurm`), and the summary.
+
+An executor is any object with this interface (:class:`RunExecutor`); a new executor is one file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import socket
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from medssl_utils.errors import MedsslError, ParameterError
+from medssl_utils.study.checks import blocked_runs, preflight_problems
+from medssl_utils.study.local import Executor, LocalExecutor
+from medssl_utils.study.records import Outcome, read_state, training_seconds, write_result, write_study_json
+from medssl_utils.study.spec import Run, Study, execution_order, load_study
+
+EXECUTORS = ("local", "slurm")
+
+
+class RunExecutor(Protocol):
+    """What the scheduler needs from an executor.
+
+    ``capacity``: how many runs may be in flight at once. ``adopt(study, runs)``: the runs among
+    ``runs`` that are still executing from an earlier invocation (queued or running SLURM jobs);
+    they count as in flight and are waited for, never started again. ``start(study, runs,
+    force)``: begin executing these runs (never more than the free capacity). ``wait()``: block
+    until at least one run in flight ends; return their outcomes, each already recorded in its
+    ``result.json``. ``interrupt()``: called on Ctrl-C; returns a line for the user or None.
+    ``close()``: release threads / files.
+    """
+
+    capacity: int
+
+    def adopt(self, study: Study, runs: list[Run]) -> list[Run]: ...
+
+    def start(self, study: Study, runs: list[Run], force: bool) -> None: ...
+
+    def wait(self) -> list[Outcome]: ...
+
+    def interrupt(self) -> str | None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class StudySummary:
+    """The result of :func:`run_study`; ``str()`` gives the table the command prints."""
+
+    study: Study
+    outcomes: list[Outcome] = field(default_factory=list)
+    dry_run: bool = False
+    seconds: float = 0.0
+    executor: str = "local"
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(o.outcome for o in self.outcomes)
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.outcome == "failed"]
+
+    @property
+    def exit_code(self) -> int:
+        """1 when any run failed, else 0 (skipped runs are reported, not errors)."""
+        return 1 if self.failed else 0
+
+    @property
+    def worker_seconds(self) -> float:
+        """Wall time of every notebook executed in this invocation, summed (as the executor measured it)."""
+        return sum(o.seconds for o in self.outcomes if o.executed)
+
+    @property
+    def train_seconds(self) -> float:
+        """``timings.train_s`` of the runs executed in this invocation, summed."""
+        return sum(o.train_s or 0.0 for o in self.outcomes if o.executed)
+
+    @property
+    def training_share(self) -> float | None:
+        """train_seconds / worker_seconds: how much of the workers' time went into training steps
+        (the rest: kernel start, imports, data preparation, evaluation); None when nothing executed."""
+        worker = self.worker_seconds
+        return self.train_seconds / worker if worker > 0 else None
+
+    def __str__(self) -> str:
+        from medssl_utils.study.cli import format_summary
+
+        return format_summary(self)
+
+
+def skip_run(study: Study, run: Run, reason: str) -> Outcome:
+    """Record a run that cannot run: ``result.json`` with status ``skipped`` and the reason."""
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    write_study_json(study, run)
+    write_result(run, {"status": "skipped", "error": reason})
+    return Outcome(run, "skipped", reason)
+
+
+def _dependency_problem(run: Run, outcomes: dict[str, Outcome]) -> str | None | bool:
+    """False while a stage this run needs is unsettled; a skip reason if one did not complete; None if ready."""
+    for dep in run.deps:
+        if dep not in outcomes:
+            return False
+    for dep in run.deps:
+        o = outcomes[dep]
+        if o.outcome in ("failed", "skipped", "would skip"):
+            word = "failed" if o.outcome == "failed" else "skipped"
+            return f"depends on {word} stage {dep.split('/', 1)[1]}: {o.error}"
+    return None
+
+
+def _settle(run: Run, outcomes: dict[str, Outcome], blocked: dict[str, str], force: bool,
+            dry_run: bool) -> Outcome | None | bool:
+    """The outcome of a run that needs no execution, None if it must execute, False if it must wait."""
+    state, _ = read_state(run)
+    if state == "complete" and not force:
+        return Outcome(run, "already complete")
+    skip = "would skip" if dry_run else "skipped"
+    if run.id in blocked:
+        return Outcome(run, skip, blocked[run.id])
+    problem = _dependency_problem(run, outcomes)
+    if problem is False or problem is None:
+        return problem
+    return Outcome(run, skip, problem)
+
+
+def make_executor(kind: str | RunExecutor, study: Study, *, workers: int | None = None,
+                  execute: Executor | None = None, options: Mapping | None = None) -> RunExecutor:
+    """The executor named ``kind`` (``local`` or ``slurm``) for ``study``; an executor object is returned as is.
+
+    ``workers`` and ``execute`` belong to ``local``; ``options`` to ``slurm`` (see
+    :class:`medssl_utils.study.slurm.SlurmExecutor`). Giving one to the other executor is an error.
+    """
+    if not isinstance(kind, str):
+        return kind
+    if kind == "local":
+        if options:
+            raise ParameterError(f"{', '.join(sorted(options))}: only for executor 'slurm', not 'local'")
+        return LocalExecutor(1 if workers is None else workers, execute)
+    if kind == "slurm":
+        if workers not in (None, 1):
+            raise ParameterError(f"workers={workers!r}: only for executor 'local'; with 'slurm' use max_jobs "
+                                 "(--max-jobs) to limit the jobs in flight")
+        from medssl_utils.study.slurm import SlurmExecutor
+
+        return SlurmExecutor(study, **dict(options or {}))
+    raise ParameterError(f"executor={kind!r}: expected one of {list(EXECUTORS)}")
+
+
+def run_study(path: str | os.PathLike, workers: int | None = None, dry_run: bool = False, force: bool = False, *,
+              results_dir: str | os.PathLike | None = None, progress: bool | str = "auto",
+              execute: Executor | None = None, check_timm: Callable[[str], tuple[bool, str]] | None = None,
+              out=None, executor: str | RunExecutor = "local", executor_options: Mapping | None = None
+              ) -> StudySummary:
+    """Run a study file: every run not yet complete, in dependency order; print the summary.
+
+    Args:
+        path: the study YAML file.
+        workers: local executor: runs executed at once (each in its own kernel process; default 1).
+        dry_run: print the plan (order, resolved inits, what would be skipped; for slurm the
+            sbatch resources of each run group); execute nothing.
+        force: re-run complete runs too (the notebooks get ``overwrite=True``).
+        results_dir: overrides the study's ``results_dir``.
+        progress: the progress bar over runs (True / False / ``"auto"``).
+        execute: local executor: ``execute(notebook, output, parameters, cwd)``; default a
+            :class:`~medssl_utils.study.local.PapermillExecutor`.
+        check_timm: ``check_timm(encoder) -> (ok, reason)``; default
+            :func:`~medssl_utils.study.checks.timm_weights_available`.
+        out: where the plan / summary is printed (default stdout).
+        executor: ``"local"`` (this machine, the default), ``"slurm"`` (one SLURM job per run, via
+            submitit), or an object with the :class:`RunExecutor` interface.
+        executor_options: options of the slurm executor: resource overrides (``partition``,
+            ``time``, ``cpus_per_task``, ``gpus_per_node``, ``mem``, ``account``, ``qos``,
+            ``constraint``, ``sbatch``, ``setup``), ``max_jobs``, ``poll_s``.
+
+    Returns a :class:`StudySummary`; its ``exit_code`` is 1 when a run failed. Only one
+    ``run_study`` at a time may work on one results folder (a lock file says which process has it).
+    """
+    out = out or sys.stdout
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ParameterError(f"workers={workers!r}: expected a whole number >= 1")
+    t0 = time.perf_counter()
+    study = load_study(path, results_dir)
+    order = execution_order(study.runs)
+    todo = [r for r in order if force or read_state(r)[0] != "complete"]
+    problems = preflight_problems(study, todo)
+    if problems and not dry_run:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise MedsslError(f"study {study.path}: {problems[0]}{more}")
+    name = executor if isinstance(executor, str) else getattr(executor, "name", type(executor).__name__)
+    if dry_run:
+        return _dry_run(study, order, todo, problems, force, check_timm, out, name, executor, executor_options)
+    blocked = blocked_runs(study, todo, check_timm)
+    summary = StudySummary(study, executor=name)
+    with _study_lock(study.results_dir):
+        runner = make_executor(executor, study, workers=workers, execute=execute, options=executor_options)
+        outcomes = _schedule(study, order, blocked, runner, force=force, progress=progress)
+    summary.outcomes = [outcomes[r.id] for r in order]
+    summary.seconds = time.perf_counter() - t0
+    print(str(summary), file=out)
+    return summary
+
+
+def _dry_run(study, order, todo, problems, force, check_timm, out, name, executor, options) -> StudySummary:
+    from medssl_utils.study.cli import format_plan
+
+    blocked = blocked_runs(study, todo, check_timm)
+    summary = StudySummary(study, dry_run=True, executor=name)
+    outcomes: dict[str, Outcome] = {}
+    for run in order:
+        settled = _settle(run, outcomes, blocked, force, dry_run=True)
+        outcomes[run.id] = settled or Outcome(run, "would run")
+    summary.outcomes = [outcomes[r.id] for r in order]
+    extra = []
+    if name == "slurm" and isinstance(executor, str):
+        from medssl_utils.study.slurm import describe_jobs
+
+        extra = describe_jobs(study, [o.run for o in summary.outcomes if o.outcome == "would run"], options or {})
+    print(format_plan(summary, problems, extra), file=out)
+    return summary
+
+
+def _schedule(study: Study, order: list[Run], blocked: dict[str, str], executor: RunExecutor, *, force: bool,
+              progress: bool | str) -> dict[str, Outcome]:
+    """Hand runs to ``executor`` as soon as the stages they need are settled, ``executor.capacity`` at a time."""
+    from medssl_utils.progress import progress as progress_bar
+
+    outcomes: dict[str, Outcome] = {}
+    waiting = list(order)
+    bar = progress_bar(len(order), desc=f"study {study.name}", enabled=progress)
+
+    def settle(outcome: Outcome) -> None:
+        if outcome.executed:
+            outcome = dataclasses.replace(outcome, train_s=training_seconds(outcome.run))
+        outcomes[outcome.run.id] = outcome
+        counts = Counter(o.outcome for o in outcomes.values())
+        bar.set_postfix_str(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+        bar.update(1)
+
+    interrupted = False
+    try:
+        todo = [r for r in order if force or read_state(r)[0] != "complete"]
+        in_flight = {r.id for r in executor.adopt(study, todo)}
+        waiting = [r for r in waiting if r.id not in in_flight]
+        while waiting or in_flight:
+            ready = []
+            for run in list(waiting):
+                settled = _settle(run, outcomes, blocked, force, dry_run=False)
+                if settled is False or (settled is None and len(in_flight) + len(ready) >= executor.capacity):
+                    continue
+                waiting.remove(run)
+                if settled is None:
+                    ready.append(run)
+                else:
+                    if settled.outcome == "skipped":
+                        settled = skip_run(study, run, settled.error)
+                    settle(settled)
+            if ready:
+                executor.start(study, ready, force)
+                in_flight.update(r.id for r in ready)
+            if in_flight:
+                for outcome in executor.wait():
+                    in_flight.discard(outcome.run.id)
+                    settle(outcome)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        note = executor.interrupt() if interrupted else None
+        executor.close()
+        bar.close()
+        if note:
+            print(f"medssl: {note}", file=sys.stderr)
+    return outcomes
+
+
+@contextlib.contextmanager
+def _study_lock(results: Path):
+    """Hold ``<results>/.study-run.lock`` (an exclusive flock) while a study runs into ``results``, so
+    that a second ``medssl study run`` on the same results cannot start the same runs again."""
+    import fcntl
+
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / ".study-run.lock"
+    with open(path, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise MedsslError(f"{results} is in use by another `medssl study run` ({holder}); wait for it to "
+                              f"end or stop it, then run again") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def study_status(study: Study | str | os.PathLike, results_dir: str | os.PathLike | None = None) -> list[dict]:
+    """The state of every run of a study (a :class:`Study` or a study file), in execution order.
+
+    Each row: ``run_id``, ``kind``, ``name`` (stage / strategy), ``state`` (complete, failed,
+    skipped, queued — a SLURM job waiting —, running — executing, or interrupted —, pending),
+    ``error``, ``run_dir``, and ``job`` / ``job_state`` (the SLURM job id and state) for runs
+    that have a SLURM job queued or running. Read from the run directories (and, when runs
+    were submitted to SLURM, one ``sacct`` call): nothing is executed and no weights are checked.
+    """
+    if not isinstance(study, Study):
+        study = load_study(study, results_dir)
+    order = execution_order(study.runs)
+    from medssl_utils.study.slurm import ACTIVE, QUEUED, active_jobs
+
+    jobs = active_jobs(order)
+    rows = []
+    for run in order:
+        state, error = read_state(run)
+        row = {"run_id": run.id, "kind": run.kind, "name": run.name, "state": state, "error": error,
+               "run_dir": str(run.run_dir)}
+        if run.id in jobs and state != "complete":
+            row["job"], row["job_state"] = jobs[run.id]
+            if row["job_state"] in ACTIVE:  # else "unknown: <why>": the state stays what result.json says
+                row["state"] = "queued" if row["job_state"] in QUEUED else "running"
+        rows.append(row)
+    return rows
