@@ -148,7 +148,7 @@ class LocalExecutor:
             raise ParameterError(f"workers={workers!r}: expected a whole number >= 1")
         self.capacity = workers
         self.execute = execute or PapermillExecutor(threads=max(1, (os.cpu_count() or 1) // workers))
-        self.warm_kernels = bool(warm_kernels) and isinstance(self.execute, PapermillExecutor)
+        self.warm_kernels = bool(warm_kernels) and hasattr(self.execute, "warm")  # a PapermillExecutor
         self.warm = None
         self.warm_note = "off" if not self.warm_kernels else "not started"
         self._out = out
@@ -207,5 +207,4 @@ class LocalExecutor:
         if self.warm is not None:
             self.warm.stop()
             self.warm = None
-            if isinstance(self.execute, PapermillExecutor):
-                self.execute.warm = None
+            self.execute.warm = None
