@@ -311,6 +311,40 @@ def claim_b3(analysis, ft: pd.DataFrame) -> dict:
                 3 * len(fractions), note)
 
 
+EFFECT_COLUMNS = ["dataset", "budget", "strategy", "role", "versus", "diff", "ci_low", "ci_high", "n_pairs", "verdict"]
+
+
+def effects_table(analysis) -> pd.DataFrame:
+    """Every strategy against random init, per dataset and budget: test Dice points, paired by seed.
+
+    ``diff`` = mean over seeds of (strategy − scratch) in Dice points with a Student's t 95 % CI;
+    ``verdict`` says whether the interval excludes no effect (``better`` / ``worse``) or not
+    (``no clear difference``). The claims table answers the papers' questions; this table is
+    the plain comparison behind them.
+    """
+    ft = _main(analysis.results.finetune())
+    if "role" not in ft.columns or not len(ft):
+        return pd.DataFrame(columns=EFFECT_COLUMNS)
+    rows = []
+    for (dataset, budget), cell in ft.groupby(["dataset", "budget"], sort=False):
+        scratch = _strategy_of(cell, "scratch")
+        if scratch is None:
+            continue
+        for strategy in sorted(set(cell["strategy"]) - {scratch}):
+            pairs = _pairs(cell, strategy, scratch, "test_mean_dice")
+            diff, lo, hi = t_interval((100 * (pairs["a"] - pairs["b"])).tolist())
+            word = {"supported": "better", "contradicted": "worse"}.get(verdict(lo, hi, 0.0), "no clear difference")
+            rows.append({"dataset": dataset, "budget": budget, "strategy": strategy,
+                         "role": cell.loc[cell["strategy"] == strategy, "role"].iloc[0], "versus": scratch,
+                         "diff": diff, "ci_low": lo, "ci_high": hi, "n_pairs": len(pairs), "verdict": word})
+    out = pd.DataFrame(rows, columns=EFFECT_COLUMNS)
+    if len(out):
+        order = {b: i for i, b in enumerate(analysis.errors.sort_values("labelled_slices")["budget"].unique())} \
+            if len(analysis.errors) else {}
+        out = out.sort_values(["dataset", "budget", "strategy"], key=lambda s: s.map(order) if s.name == "budget" else s)
+    return out.reset_index(drop=True)
+
+
 def claims_table(analysis) -> pd.DataFrame:
     """One row per claim (:data:`CLAIMS_COLUMNS`), computed from ``analysis`` (see the module docstring)."""
     ft = analysis.results.finetune()

@@ -714,6 +714,18 @@ def claims_display(claims: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def effects_display(effects: pd.DataFrame) -> pd.DataFrame:
+    """The effects-vs-scratch table as people read it."""
+    if not len(effects):
+        return effects
+    return pd.DataFrame({
+        "dataset": effects["dataset"], "budget": effects["budget"], "strategy": effects["strategy"],
+        "role": effects["role"],
+        "Dice points vs random [95% CI]": [f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]" if np.isfinite(lo) else f"{d:+.1f}"
+                                           for d, lo, hi in zip(effects["diff"], effects["ci_low"], effects["ci_high"])],
+        "seeds": effects["n_pairs"], "": effects["verdict"]})
+
+
 def format_claims(claims: pd.DataFrame) -> str:
     """One line per claim for a terminal: ``A1  supported     ×2.31 [1.40, 3.81]  (12 pairs)``."""
     from medssl_utils.claims import format_effect
@@ -736,6 +748,10 @@ def render_html(an: R.Analysis, figs: dict[str, tuple[Figure | None, str]], pngs
             "<b>inconclusive</b>: it contains no effect; <b>not run</b>: the runs are absent (why is given). "
             "Definitions: <code>medssl_utils/claims.py</code>; raw numbers: <code>tables/claims.csv</code>.</p>",
             _html_table(claims_display(an.claims)),
+            "<h3>Every strategy against random init</h3><p class='small'>Test Dice points (100 × mean Dice over "
+            "structures and test volumes), strategy − random init, paired by seed, Student's t 95 % interval; "
+            "<code>tables/effects_vs_scratch.csv</code>.</p>",
+            _html_table(effects_display(an.effects)),
             "<h2>Data</h2>", _overview(an), "<h2>Definitions</h2>", _definitions(an), "<h2>Figures</h2>"]
     for k, (name, (fig, caption)) in enumerate(figs.items(), start=1):
         body.append(f"<h3>{html.escape(titles.get(name, name))}</h3>")
@@ -834,6 +850,6 @@ def add_cli(subparsers) -> None:
     p.set_defaults(func=_cmd_report)
 
 
-__all__ = ["add_cli", "claims_display", "display_tables", "format_claims", "fig_convergence", "fig_error_vs_slices", "fig_hssl",
+__all__ = ["add_cli", "claims_display", "display_tables", "effects_display", "format_claims", "fig_convergence", "fig_error_vs_slices", "fig_hssl",
            "fig_per_structure", "fig_speedup_vs_epochs", "fig_steps_to_target", "figures", "hssl_wide",
            "render_html", "write_report"]

@@ -908,6 +908,7 @@ class Analysis:
     per_structure: pd.DataFrame
     curves: pd.DataFrame
     claims: pd.DataFrame = field(default_factory=pd.DataFrame)
+    effects: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def reference_text(self) -> str:
@@ -919,7 +920,7 @@ class Analysis:
     def tables(self) -> dict[str, pd.DataFrame]:
         """Name → table, as written to ``tables/<name>.csv``."""
         r = self.results
-        return {"claims": self.claims, "runs": r.runs, "steps_to_target": self.steps, "steps_to_target_runs": self.steps_runs,
+        return {"claims": self.claims, "effects_vs_scratch": self.effects, "runs": r.runs, "steps_to_target": self.steps, "steps_to_target_runs": self.steps_runs,
                 "speedup_vs_epochs": self.epochs, "error_vs_slices": self.errors, "power_law_fits": self.fits,
                 "hssl": self.hssl, "per_structure": self.per_structure, "references": self.references,
                 "skipped": r.skipped,
@@ -947,7 +948,8 @@ def analyse(results: Results, target: float = 0.95, reference: str | None = None
         hssl=hssl_table(results.runs, scratch),
         per_structure=per_structure_table(results.runs, results.test, results.structures),
         curves=validation_curves(results.runs, results.history))
-    from medssl_utils.claims import claims_table
+    from medssl_utils.claims import claims_table, effects_table
 
     an.claims = claims_table(an)
+    an.effects = effects_table(an)
     return an

@@ -171,3 +171,15 @@ def test_claims_lead_the_report_and_the_cli(tmp_path, capsys):
     assert list(csv["claim"]) == ["A1", "A2", "A3", "B1", "B2", "B3"] and set(csv["verdict"]) == {"supported"}
     out = capsys.readouterr().out
     assert "A1  supported" in out and "B3  supported" in out
+
+
+def test_effects_against_random_init(tmp_path):
+    an = results.analyse(results.gather(make_world(tmp_path, effect=True)))
+    eff = an.effects.set_index(["budget", "strategy"])
+    row = eff.loc[("4 slices", "supervised-imagenet")]
+    assert row["versus"] == "random" and row["n_pairs"] == 5 and row["verdict"] == "better"
+    assert row["diff"] == pytest.approx(100 * 0.2 * 0.6 * 4 ** -0.5, abs=0.5)
+    assert eff.loc[("4 slices", "byol-cardiac"), "verdict"] == "no clear difference"
+    assert "@" not in "".join(an.effects["strategy"])  # the ablation is left to A2
+    none = results.analyse(results.gather(make_world(tmp_path / "none", effect=False))).effects
+    assert set(none["verdict"]) == {"no clear difference"}

@@ -471,15 +471,32 @@ def test_timm_weights_available_never_downloads(monkeypatch):
 def test_shipped_studies_validate():
     quick = st.load_study(STUDIES / "quick.yaml")
     ft = [r for r in quick.runs if r.kind == "finetune"]
-    assert len({r.budget for r in ft}) >= 3 and len({r.seed for r in ft}) >= 2
+    budgets = {r.params["labelled_slices"] for r in ft}
+    assert len(budgets) >= 2 and min(budgets) < 32 and len({r.seed for r in ft}) >= 3
     inits = {r.name: r.init for r in ft}
-    assert inits["random"] == "random" and "timm" in inits.values()
+    assert inits["random"] == "random" and inits["supervised-imagenet"] == "imagenet"
     stages = {r.name: r for r in quick.runs if r.kind == "pretrain"}
-    assert {s.params["method"] for s in stages.values()} == {"byol", "simclr", "hssl"}
-    hssl = next(s for s in stages.values() if s.params["method"] == "hssl")
-    assert len(hssl.params["datasets"]) == 4
-    assert any(r.deps for r in stages.values())  # natural -> cardiac chain
+    assert {s.params["init"] for s in stages.values()} == {"random", "imagenet"}  # specialist, hierarchical
+    assert {r.params["encoder"] for r in quick.runs} == {"tf_efficientnet_lite0"}  # one encoder: comparable inits
     assert quick.results_dir == STUDIES.parent / "results" / "quick"
+    # at least 4 validation and 4 test patients: Work A's split of the phantom's training patients
+    from medssl_utils.data.phantoms.cardiac import patient_plan
+    from medssl_utils.data.specs import parse_spec
+
+    cases = parse_spec(ft[0].params["dataset"]).values["cases"]
+    numbers = [n for subset, n, _ in patient_plan(cases) if subset == "training"]
+    assert sum(n % 10 == 1 for n in numbers) >= 4 and sum(n % 10 == 2 for n in numbers) >= 4
+
+    full = st.load_study(STUDIES / "phantom-full.yaml")
+    ft = [r for r in full.runs if r.kind == "finetune"]
+    work_a = [r for r in ft if r.task == "cardiac" and "@" not in r.name]
+    assert len({r.name for r in work_a}) == 6 and {r.seed for r in ft} == {0, 1, 2}
+    slices = {r.params["labelled_slices"] for r in work_a if r.params["labelled_slices"]}
+    assert min(slices) == 1 and any(r.params["labelled_fraction"] == 1.0 for r in work_a)  # 1 to all
+    assert {r.name for r in ft if "@" in r.name} == {f"byol-natural-cardiac@{e}ep" for e in (1, 2, 5)}
+    work_b = [r for r in ft if r.task != "cardiac"]
+    assert len({r.task for r in work_b}) >= 3 and {r.params["labelled_fraction"] for r in work_b} == {0.05, 0.1, 1.0}
+    assert {"scratch", "single-domain", "hssl", "hssl-real"} <= {r.name for r in work_b}
 
     paper = st.load_study(STUDIES / "acdc-paper.yaml")
     ft = [r for r in paper.runs if r.kind == "finetune"]

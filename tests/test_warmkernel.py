@@ -134,3 +134,29 @@ def test_launcher_without_zygote_fails_with_one_line(tmp_path):
     out = subprocess.run([sys.executable, "-m", "medssl_utils.warmkernel", "launch", str(tmp_path / "none.sock"),
                           "--", "-f", "x.json"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and "cannot reach the zygote" in out.stderr
+
+
+def test_a_study_in_warm_kernels_gives_the_results_of_cold_ones(tmp_path):
+    """The real fine-tuning notebook at toy size: warm (forked) and cold kernels, identical results."""
+    import json
+
+    import yaml
+
+    from medssl_utils import study as st
+
+    doc = {"name": "warm", "results_dir": "results", "defaults": {
+        "encoder": "test_resnet", "image_size": 32, "decoder_channels": [16, 8, 8, 8, 8], "device": "cpu"},
+        "finetune": {"dataset": "phantom:cardiac?cases=4", "labelled_slices": [6], "seeds": [0],
+                     "params": {"max_steps": 4, "eval_every": 2, "batch_size": 4, "lr": 1e-3},
+                     "strategies": {"random": "random"}}}
+    path = tmp_path / "warm.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    results = {}
+    for warm in (True, False):
+        out = tmp_path / ("warm" if warm else "cold")
+        summary = st.run_study(path, results_dir=out, progress=False, warm_kernels=warm)
+        assert summary.exit_code == 0, str(summary)
+        assert summary.kernels.startswith("on (zygote started") if warm else summary.kernels == "off"
+        results[warm] = json.loads((out / "finetune/random/n6/seed0/result.json").read_text())
+    assert results[True]["test"] == results[False]["test"]
+    assert results[True]["val_final_dice"] == results[False]["val_final_dice"]

@@ -41,6 +41,8 @@ def format_summary(summary: StudySummary) -> str:
     if share is not None:
         lines.append(f"training {summary.train_seconds:.0f} s of {summary.worker_seconds:.0f} worker-s ({share:.2f}) "
                      "in the runs executed now (the rest: kernel start, imports, data, evaluation)")
+    if summary.kernels and summary.kernels != "not started":
+        lines.append(f"warm kernels: {summary.kernels}")
     skipped = [o for o in summary.outcomes if o.outcome == "skipped"]
     if skipped:
         lines.append("skipped (no random init was substituted):")
@@ -127,8 +129,11 @@ def _cmd_run(args) -> int:
     if args.executor == "slurm" and args.workers is not None:
         raise ParameterError("--workers: only with --executor local; with --executor slurm, --max-jobs limits "
                              "the jobs queued or running at once")
+    if args.executor == "slurm" and args.cold_kernels:
+        raise ParameterError("--cold-kernels: only with --executor local (each SLURM job starts its own kernel)")
     summary = run_study(args.study, workers=args.workers, dry_run=args.dry_run, force=args.force,
-                        results_dir=args.results_dir, executor=args.executor, executor_options=options)
+                        results_dir=args.results_dir, executor=args.executor, executor_options=options,
+                        warm_kernels=not args.cold_kernels)
     return summary.exit_code
 
 
@@ -156,6 +161,9 @@ def add_cli(subparsers) -> None:
                                                             "execute nothing")
     run.add_argument("--force", action="store_true", help="re-run runs that are already complete")
     run.add_argument("--results-dir", default=None, metavar="DIR", help="override the study's results_dir")
+    run.add_argument("--cold-kernels", action="store_true",
+                     help="local: start every notebook kernel from scratch instead of forking it from one process "
+                          "that imported torch & co. once (warm kernels, the default)")
     slurm = run.add_argument_group("slurm executor (override the study file's slurm sections for every run)")
     slurm.add_argument("--max-jobs", type=int, default=None, metavar="N",
                        help="runs queued or running at once (default 100)")

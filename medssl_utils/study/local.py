@@ -30,11 +30,13 @@ class PapermillExecutor:
     every kernel this executor has running, so Ctrl-C stops a study at once.
     """
 
-    def __init__(self, kernel_name: str = "python3", threads: int | None = None):
+    def __init__(self, kernel_name: str = "python3", threads: int | None = None, warm=None):
         self.kernel_name = kernel_name
         # CPU threads per kernel: with several kernels at once each gets its share of the cores,
         # since OpenMP threads spin-waiting on oversubscribed cores make torch many times slower.
         self.threads = threads
+        # a running medssl_utils.warmkernel.WarmKernels: kernels are forked from it (imports done once)
+        self.warm = warm
         self._live: set = set()
         self._lock = threading.Lock()
 
@@ -58,6 +60,11 @@ class PapermillExecutor:
         executor = self
 
         class RunKernelManager(AsyncKernelManager):
+            def format_kernel_cmd(self, extra_arguments=None):
+                if executor.warm is not None:
+                    return executor.warm.kernel_cmd(self.connection_file)
+                return super().format_kernel_cmd(extra_arguments)
+
             async def start_kernel(self, **kw):
                 with open(log_path, "ab") as log:  # the kernel process keeps its own descriptor
                     kw.setdefault("stdout", log)
@@ -126,15 +133,25 @@ class LocalExecutor:
 
     ``execute(notebook, output, parameters, cwd)`` executes one notebook (default a
     :class:`PapermillExecutor` giving each kernel ``cores / workers`` CPU threads).
+
+    ``warm_kernels`` (default on, for the default executor): kernels are forked from one process
+    that imported torch, timm, smp, lightning_fabric, matplotlib, pandas … once
+    (:mod:`medssl_utils.warmkernel`), instead of every kernel importing them again (about 7
+    CPU-seconds per run). It starts with the first run and stops with the executor; if it cannot
+    start, the runner says why and uses ordinary kernels (the results are the same).
     """
 
     name = "local"
 
-    def __init__(self, workers: int = 1, execute: Executor | None = None):
+    def __init__(self, workers: int = 1, execute: Executor | None = None, warm_kernels: bool = True, out=None):
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ParameterError(f"workers={workers!r}: expected a whole number >= 1")
         self.capacity = workers
         self.execute = execute or PapermillExecutor(threads=max(1, (os.cpu_count() or 1) // workers))
+        self.warm_kernels = bool(warm_kernels) and hasattr(self.execute, "warm")  # a PapermillExecutor
+        self.warm = None
+        self.warm_note = "off" if not self.warm_kernels else "not started"
+        self._out = out
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medssl-study")
         self._running: dict = {}
 
@@ -152,7 +169,25 @@ class LocalExecutor:
                               "adopts them) or scancel them first")
         return []
 
+    def _start_warm(self) -> None:
+        if not self.warm_kernels or self.warm is not None or self.warm_note.startswith("failed"):
+            return
+        import sys
+
+        from medssl_utils.warmkernel import WarmKernelError, WarmKernels
+
+        try:
+            self.warm = WarmKernels().start()
+        except WarmKernelError as exc:
+            self.warm_note = f"failed ({exc}); ordinary kernels are used"
+            print(f"medssl: warm kernels {self.warm_note}", file=self._out or sys.stderr)
+            return
+        self.execute.warm = self.warm
+        self.warm_note = f"on (zygote started in {self.warm.start_s:.1f} s)"
+
     def start(self, study: Study, runs: list[Run], force: bool) -> None:
+        if runs:
+            self._start_warm()
         for run in runs:
             self._running[self._pool.submit(execute_run, study, run, force=force, execute=self.execute)] = run
 
@@ -169,3 +204,7 @@ class LocalExecutor:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self.warm is not None:
+            self.warm.stop()
+            self.warm = None
+            self.execute.warm = None

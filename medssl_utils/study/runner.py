@@ -61,6 +61,7 @@ class StudySummary:
     dry_run: bool = False
     seconds: float = 0.0
     executor: str = "local"
+    kernels: str = ""  # local executor: warm kernels on / off / failed, and the zygote's start time
 
     @property
     def counts(self) -> Counter:
@@ -135,7 +136,8 @@ def _settle(run: Run, outcomes: dict[str, Outcome], blocked: dict[str, str], for
 
 
 def make_executor(kind: str | RunExecutor, study: Study, *, workers: int | None = None,
-                  execute: Executor | None = None, options: Mapping | None = None) -> RunExecutor:
+                  execute: Executor | None = None, options: Mapping | None = None,
+                  warm_kernels: bool = True) -> RunExecutor:
     """The executor named ``kind`` (``local`` or ``slurm``) for ``study``; an executor object is returned as is.
 
     ``workers`` and ``execute`` belong to ``local``; ``options`` to ``slurm`` (see
@@ -146,7 +148,7 @@ def make_executor(kind: str | RunExecutor, study: Study, *, workers: int | None 
     if kind == "local":
         if options:
             raise ParameterError(f"{', '.join(sorted(options))}: only for executor 'slurm', not 'local'")
-        return LocalExecutor(1 if workers is None else workers, execute)
+        return LocalExecutor(1 if workers is None else workers, execute, warm_kernels=warm_kernels)
     if kind == "slurm":
         if workers not in (None, 1):
             raise ParameterError(f"workers={workers!r}: only for executor 'local'; with 'slurm' use max_jobs "
@@ -160,8 +162,8 @@ def make_executor(kind: str | RunExecutor, study: Study, *, workers: int | None 
 def run_study(path: str | os.PathLike, workers: int | None = None, dry_run: bool = False, force: bool = False, *,
               results_dir: str | os.PathLike | None = None, progress: bool | str = "auto",
               execute: Executor | None = None, check_timm: Callable[[str], tuple[bool, str]] | None = None,
-              out=None, executor: str | RunExecutor = "local", executor_options: Mapping | None = None
-              ) -> StudySummary:
+              out=None, executor: str | RunExecutor = "local", executor_options: Mapping | None = None,
+              warm_kernels: bool = True) -> StudySummary:
     """Run a study file: every run not yet complete, in dependency order; print the summary.
 
     Args:
@@ -182,6 +184,9 @@ def run_study(path: str | os.PathLike, workers: int | None = None, dry_run: bool
         executor_options: options of the slurm executor: resource overrides (``partition``,
             ``time``, ``cpus_per_task``, ``gpus_per_node``, ``mem``, ``account``, ``qos``,
             ``constraint``, ``sbatch``, ``setup``), ``max_jobs``, ``poll_s``.
+        warm_kernels: local executor with the default ``execute``: fork every kernel from one
+            process that imported the libraries once (:mod:`medssl_utils.warmkernel`); False
+            starts every kernel from scratch.
 
     Returns a :class:`StudySummary`; its ``exit_code`` is 1 when a run failed. Only one
     ``run_study`` at a time may work on one results folder (a lock file says which process has it).
@@ -209,8 +214,10 @@ def run_study(path: str | os.PathLike, workers: int | None = None, dry_run: bool
     blocked = blocked_runs(study, todo, check_timm)
     summary = StudySummary(study, executor=name)
     with _study_lock(study.results_dir):
-        runner = make_executor(executor, study, workers=workers, execute=execute, options=executor_options)
+        runner = make_executor(executor, study, workers=workers, execute=execute, options=executor_options,
+                               warm_kernels=warm_kernels)
         outcomes = _schedule(study, order, blocked, runner, force=force, progress=progress)
+    summary.kernels = getattr(runner, "warm_note", "")
     summary.outcomes = [outcomes[r.id] for r in order]
     summary.seconds = time.perf_counter() - t0
     print(str(summary), file=out)

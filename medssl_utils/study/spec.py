@@ -357,7 +357,7 @@ def _resolve_init(ctx: _Ctx, init, key: str, stages: dict, results: Path) -> tup
     except ParameterError as exc:
         raise ctx.error(key, f"{exc} or 'stage:NAME[@EPOCH]'") from None
     if kind != "path":
-        return kind, ()
+        return text.lower(), ()  # random / timm / imagenet as written ("imagenet" also checks the tag)
     return f"file:{ctx.resolve(str(path))}", ()
 
 
