@@ -182,5 +182,5 @@ class FinetuneConfig(_Common):
         self.augment = check_augment(self.augment, "SegAugment", self.image_size)
         from medssl_utils.models.init import check_init
 
-        check_init(self.init)
+        check_init(self.init, self.load_decoder is True)
 
