@@ -29,6 +29,9 @@ def _cmd_data_phantoms(args) -> int:
     from medssl_utils.errors import ParameterError
 
     names = args.only or sorted(PHANTOMS)
+    unknown = [n for n in names if n not in PHANTOMS]
+    if unknown:  # before writing any of them
+        raise ParameterError(f"--only {unknown[0]!r}: unknown phantom; expected some of {sorted(PHANTOMS)}")
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise ParameterError(f"{out}: is a file; expected a folder to write the phantoms into")

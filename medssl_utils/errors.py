@@ -23,5 +23,12 @@ class ParameterError(MedsslError, ValueError):
 def check_choice(name: str, value, allowed) -> None:
     """Raise :class:`ParameterError` unless ``value`` is one of ``allowed``."""
     allowed = list(allowed)
-    if value not in allowed:
-        raise ParameterError(f"{name}={value!r} is not allowed; expected one of {allowed}")
+    if isinstance(value, (list, dict, set)) or value not in allowed:
+        hint = ""
+        if isinstance(value, str):
+            import difflib
+
+            words = {str(a).lower(): a for a in allowed if isinstance(a, str)}
+            close = difflib.get_close_matches(value.lower(), list(words), n=1, cutoff=0.6)
+            hint = f"; did you mean {words[close[0]]!r}?" if close else ""
+        raise ParameterError(f"{name}={value!r} is not allowed; expected one of {allowed}{hint}")

@@ -40,7 +40,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from medssl_utils import results as R
-from medssl_utils.errors import check_choice
+from medssl_utils.errors import DataError, check_choice
 
 MAX_PANELS = 12
 
@@ -789,6 +789,8 @@ def write_report(results: R.Results | str | os.PathLike | list, out_dir: str | o
     res = results if isinstance(results, R.Results) else R.gather(results)
     an = R.analyse(res, target=target, reference=reference, scratch=scratch)
     out = Path(out_dir) if out_dir is not None else res.roots[0] / "report"
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: is a file; expected a folder for the report (out_dir / --out)")
     for name, table in an.tables().items():
         _atomic_write(out / "tables" / f"{name}.csv", table.to_csv(index=False).encode("utf-8"))
     figs, pngs = figures(an), {}
@@ -815,12 +817,30 @@ def _cmd_report(args) -> int:
         print("claims (tables/claims.csv):")
         print(format_claims(claims.fillna({"note": "", "quantity": ""})))
     print(f"report: {page}")
-    return 0
+    return print_problems(res.problems)
+
+
+def print_problems(problems: pd.DataFrame, file=None) -> int:
+    """Each problem of a gather (``Results.problems``) as one line ``<run dir>: <problem>`` under a
+    count; returns the command's exit status: 1 when there are problems (the report is written but
+    some runs could not be used in full), else 0. Skipped runs are not problems."""
+    if not len(problems):
+        return 0
+    n, runs = len(problems), problems["run_id"].nunique()
+    print(f"{n} problem{'s' if n > 1 else ''} in {runs} run{'s' if runs > 1 else ''} (also listed in report.html):",
+          file=file)
+    for _, row in problems.iterrows():
+        print(f"  {row['run_dir']}: {row['problem']}", file=file)
+    return 1
 
 
 def add_cli(subparsers) -> None:
     """Register ``report DIR [DIR ...] [--target 0.95] [--reference NAME] [--out DIR]``."""
-    p = subparsers.add_parser("report", help="gather run directories and write figures, CSV tables and report.html")
+    p = subparsers.add_parser("report", help="gather run directories and write figures, CSV tables and report.html",
+                              description="Exit status: 0 the report is written and every run could be read; 1 the "
+                                          "report is written but some runs have problems (failed, still running, "
+                                          "unreadable or non-numeric files; each printed as one line); 2 nothing "
+                                          "was written (no runs, a bad folder or option).")
     p.add_argument("dirs", nargs="+", metavar="DIR", help="results folder(s) holding run directories")
     p.add_argument("--target", type=float, default=0.95,
                    help="fraction of the best final validation Dice that counts as converged (default 0.95)")

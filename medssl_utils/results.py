@@ -250,7 +250,8 @@ def _read_run(run_dir: Path, run_id: str) -> dict:
     """One run directory → its runs row, history, test rows, structure rows, skip and problems."""
     params, params_problem = _read_json(run_dir / PARAMS_FILE)
     result, result_problem = _read_json(run_dir / RESULT_FILE)
-    study = _read_json(run_dir / STUDY_FILE)[0] or {}
+    study, study_problem = _read_json(run_dir / STUDY_FILE)
+    study = study or {}
     row = _run_row(run_dir, run_id, params or {}, result, study)
     problems = []
 
@@ -270,6 +271,11 @@ def _read_run(run_dir: Path, run_id: str) -> dict:
         problem(f"unknown status {row['status']!r} (expected running/complete/failed/skipped)")
     if params_problem and row["status"] == "complete":
         problem(params_problem)
+    if study_problem and (run_dir / STUDY_FILE).exists():
+        problem(study_problem + " (strategy, budget and seed taken from the folder layout)")
+    if result is not None:
+        for text in _non_numbers(result):
+            problem(text)
 
     history = test = None
     structures = []
@@ -278,12 +284,18 @@ def _read_run(run_dir: Path, run_id: str) -> dict:
         if text:
             problem(text)
         else:
-            history = _with_keys(history.apply(pd.to_numeric, errors="coerce"), row)
+            history, text = _numeric(history, "history.csv", list(history.columns))
+            if text:
+                problem(text)
+            history = _with_keys(history, row)
         if row["kind"] == "finetune":
             test, text = _read_csv(run_dir / "test_metrics.csv", ("name", "dice"))
             if text:
                 problem(text)
             else:
+                test, text = _numeric(test, "test_metrics.csv", [c for c in ("dice", "hd", "hd95") if c in test])
+                if text:
+                    problem(text)
                 test = _with_keys(_clean_test(test), row)
             structures = _structure_rows(run_id, (result or {}).get("test"))
     skipped = None
@@ -291,6 +303,45 @@ def _read_run(run_dir: Path, run_id: str) -> dict:
         skipped = {k: row[k] for k in SKIPPED_COLUMNS if k in row} | {"reason": row["error"] or "no reason recorded"}
     return {"row": row, "history": history, "test": test, "structures": structures, "skipped": skipped,
             "problems": problems}
+
+
+def _numeric(table: pd.DataFrame, name: str, columns: list[str]) -> tuple[pd.DataFrame, str | None]:
+    """``table`` with ``columns`` made numbers, and a problem naming the values that were not
+    numbers (they become NaN; an empty cell is NaN without a problem)."""
+    out = table.copy()
+    bad_cells = []
+    for col in columns:
+        numbers = pd.to_numeric(table[col], errors="coerce")
+        bad = numbers.isna() & table[col].notna()
+        bad_cells += [(pos, col) for pos in np.flatnonzero(bad.to_numpy())]
+        out[col] = numbers
+    if not bad_cells:
+        return out, None
+    pos, col = min(bad_cells)
+    n = len(bad_cells)
+    cols = sorted({c for _, c in bad_cells})
+    return out, (f"{name}: {n} value{'s' if n > 1 else ''} that {'are' if n > 1 else 'is'} not a number, read as NaN "
+                 f"(column{'s' if len(cols) > 1 else ''} {', '.join(cols)}; first on line {pos + 2}: "
+                 f"{col}={table[col].iloc[pos]!r})")
+
+
+#: Numbers of result.json the tables use (dotted paths); null means "not measured", anything else must be a number.
+RESULT_NUMBERS = ("labelled_slices", "labelled_fraction", "seed", "steps", "epochs", "val_final_dice", "val_best_dice",
+                  "test.mean_dice", "test.slice_iou.work_a_mean_iou", "timings.total_s", "timings.train_s",
+                  "timings.eval_s", "timings.images_per_s")
+
+
+def _non_numbers(result: Mapping) -> list[str]:
+    """Problems for values of :data:`RESULT_NUMBERS` in ``result`` that are not null and do not read as a
+    number (``"0.7"`` reads as 0.7; ``"high"`` or a list do not)."""
+    out = []
+    for path in RESULT_NUMBERS:
+        value = result
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if value is not None and math.isnan(_num(value)) and not (isinstance(value, float) and math.isnan(value)):
+            out.append(f"{RESULT_FILE}: {path} is {value!r}, not a number (read as NaN)")
+    return out
 
 
 def _with_keys(table: pd.DataFrame, row: Mapping) -> pd.DataFrame:

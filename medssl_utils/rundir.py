@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medssl_utils.errors import ParameterError
+from medssl_utils.errors import DataError, ParameterError
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -74,16 +74,28 @@ class RunDir:
         return self.path / "result.json"
 
     def read_result(self) -> dict | None:
-        try:
-            return json.loads(self.result_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
+        """``result.json`` as a dict; None when there is none. One that cannot be read raises
+        :class:`DataError`: it is never silently treated as absent and replaced."""
+        return self._read("result.json")
 
     def read_params(self) -> dict | None:
+        """``params.json`` as a dict (None when there is none; unreadable: :class:`DataError`)."""
+        return self._read("params.json")
+
+    def _read(self, name: str) -> dict | None:
+        path = self.path / name
         try:
-            return json.loads((self.path / "params.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            obj = json.loads(path.read_bytes().decode("utf-8"))
+        except FileNotFoundError:
             return None
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            why = " ".join(str(exc).split())[:120]
+            raise DataError(f"{path}: unreadable ({type(exc).__name__}: {why}); run_dir holds a damaged run: "
+                            "delete the file, or set overwrite=True to run again") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}: holds a JSON {type(obj).__name__}, expected an object; delete the file, "
+                            "or set overwrite=True to run again")
+        return obj
 
     def write_params(self, params: dict) -> None:
         if self.writer:

@@ -101,6 +101,18 @@ def test_pretrain_finetune_analysis_toy(tmp_path, instructor):
                      max_steps=6, eval_every=3, batch_size=4, lr=1e-3, seed=seed, run_dir=str(ft_dir), **TOY)
             result = json.loads((ft_dir / "result.json").read_text())
             assert result["status"] == "complete" and _images(nb) >= 3 and _exercises_pass(nb, 1)
+    # A plain timm state dict (the README's offline-ImageNet route) through the notebook, as a study runs it:
+    # load_decoder="auto" once opened it as a medssl checkpoint and refused it (issue 10).
+    import timm
+    import torch
+
+    foreign = tmp_path / "test_resnet_timm.pth"
+    torch.save(timm.create_model("test_resnet").state_dict(), foreign)
+    ft_dir = tmp_path / "foreign"
+    run("02_finetune.ipynb", tmp_path, instructor, dataset=CARDIAC, init=f"file:{foreign}", labelled_slices=6,
+        max_steps=2, eval_every=2, batch_size=4, lr=1e-3, run_dir=str(ft_dir), **TOY)
+    foreign_result = json.loads((ft_dir / "result.json").read_text())
+    assert foreign_result["status"] == "complete" and foreign_result["lineage"][0]["method"] == "file"
     # The training cell shows its progress as one HTML output updated in place and opens no widget
     # (a widget's comm opened mid-cell made JupyterLab report the kernel "Idle": medssl_utils.progress).
     outputs = _training_cell_outputs(nb, "training.finetune(cfg)")

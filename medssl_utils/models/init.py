@@ -129,6 +129,8 @@ def check_init(init: str | os.PathLike, load_decoder: bool = False) -> tuple[str
                              f"pretrained decoder, not init={init!r}")
     if path is not None and not path.exists():
         raise DataError(f"weights file {path} does not exist (init={str(init)!r})")
+    if path is not None and path.is_dir():
+        raise DataError(f"init={str(init)!r}: {path} is a folder, not a weights file (give the file in it)")
     return kind, path
 
 
@@ -311,6 +313,11 @@ def _fit(flat: Mapping[str, torch.Tensor], target: EncoderTarget, *, source: str
                 mismatched.append(f"{tkey}: file {tuple(src.shape)} vs encoder {tuple(dst.shape)}")
                 continue
         state[tkey] = src
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise DataError(f"{source}: {len(broken)} encoder tensors hold NaN or infinite values (e.g. "
+                        f"{', '.join(broken[:3])}); these weights are broken (a diverged run?) and cannot start "
+                        "a run")
     if mismatched:
         raise DataError(
             f"{source}: the weights do not fit the {arch} encoder: {len(mismatched)} tensors have "
@@ -487,8 +494,11 @@ def load_encoder_init(model: nn.Module, init: str | os.PathLike = "random", *, l
             if load_decoder:
                 raise ParameterError(f"load_decoder=True: {path} is not a medssl checkpoint, so it has no "
                                      "decoder medssl can load")
-            report = load_state_into_encoder(obj if isinstance(obj, Mapping) else {}, encoder,
-                                             source=str(path), weights_key=weights_key, min_match=min_match)
+            if not isinstance(obj, Mapping):
+                raise DataError(f"{path} holds a {type(obj).__name__}, not a state dict (a mapping of names to "
+                                "tensors); expected encoder weights")
+            report = load_state_into_encoder(obj, encoder, source=str(path), weights_key=weights_key,
+                                             min_match=min_match)
             lineage = [{"method": "file", "path": str(path.resolve()), "prefix": report["prefix"]}]
     report["decoder"] = decoder
     report["summary"] = _summary(init_text, report)
@@ -525,6 +535,10 @@ def _check_same_arch(ck: dict, encoder: nn.Module, path: Path) -> None:
 
 
 def _load_decoder(module: nn.Module, ck: dict, path: Path) -> None:
+    broken = [k for k, v in ck["decoder"].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise DataError(f"{path}: {len(broken)} decoder tensors hold NaN or infinite values (e.g. "
+                        f"{', '.join(broken[:3])}); these weights are broken and cannot start a run")
     try:
         module.decoder.load_state_dict(ck["decoder"], strict=True)
     except RuntimeError as e:

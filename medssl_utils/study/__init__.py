@@ -10,9 +10,13 @@ Study file
 Every relative path in a study file (``results_dir``, ``notebooks``, ``file:`` inits, the paths of
 ``acdc:`` / ``msd:`` / ``folder:`` dataset specs) is relative to **the folder holding the study
 file**, so a study runs the same from any working directory; ``~`` and ``$VARS`` are expanded.
-Unknown keys are errors at the top level, in ``pretrain``, ``finetune`` and a task; wherever
-*notebook parameters* are expected (``defaults``, ``*.params``, a stage, a strategy mapping),
-every key is passed to papermill as is, so any parameter a notebook has can be set::
+Unknown keys are errors at the top level, in ``pretrain``, ``finetune`` and a task, and so is a key
+given twice in one mapping (YAML merge keys ``<<: *anchor`` work); wherever *notebook parameters* are
+expected (``defaults``, ``*.params``, a stage, a strategy mapping), every key is passed to papermill, so
+any parameter a notebook has can be set — and only those: before any run starts (``--dry-run`` too)
+each is checked against the notebook's declared parameters (:mod:`medssl_utils.params`, or the
+parameters cell of a custom notebook) and its type and allowed values
+(:func:`~medssl_utils.study.checks.check_parameters`), so a typo is an error naming the key::
 
     name: quick                      # default: the file name without .yaml
     description: one paragraph       # optional, shown by `status`
@@ -98,7 +102,8 @@ Runner behaviour
 - A run whose ``result.json`` says ``complete`` is not run again unless ``force`` (then the
   notebook gets ``overwrite=True``). Anything else — no ``result.json``, ``running`` (an
   interrupted run; the notebooks resume from ``checkpoints/last.pt``), ``failed``,
-  ``skipped`` — is (re)run.
+  ``skipped``, ``unreadable`` (a truncated or damaged ``result.json``: the plan and the run say so,
+  and the file is replaced) — is (re)run.
 - ``init: timm`` is checked before anything runs, without downloading: the weights must be in
   the Hugging Face / torch-hub cache, or the hub must be reachable (and ``HF_HUB_OFFLINE`` unset).
   A missing ``file:`` weights file is treated alike. Such a run is **skipped**: its
@@ -126,7 +131,7 @@ Modules: :mod:`.spec` (study files → runs), :mod:`.checks` (weights, notebooks
 :mod:`.local` and :mod:`.slurm` (executors), :mod:`.cli` (printing and the command line).
 """
 
-from medssl_utils.study.checks import blocked_runs, preflight_problems, timm_weights_available
+from medssl_utils.study.checks import blocked_runs, check_parameters, preflight_problems, timm_weights_available
 from medssl_utils.study.cli import add_cli, format_plan, format_status, format_summary
 from medssl_utils.study.local import Executor, LocalExecutor, PapermillExecutor, execute_run
 from medssl_utils.study.records import STATES, Outcome, read_state
@@ -135,6 +140,7 @@ from medssl_utils.study.slurm import RESOURCE_KEYS, SlurmExecutor
 from medssl_utils.study.spec import Run, Study, execution_order, load_study
 
 __all__ = ["RESOURCE_KEYS", "STATES", "Executor", "LocalExecutor", "Outcome", "PapermillExecutor", "Run",
-           "RunExecutor", "SlurmExecutor", "Study", "StudySummary", "add_cli", "blocked_runs", "execute_run",
+           "RunExecutor", "SlurmExecutor", "Study", "StudySummary", "add_cli", "blocked_runs", "check_parameters",
+           "execute_run",
            "execution_order", "format_plan", "format_status", "format_summary", "load_study", "make_executor",
            "preflight_problems", "read_state", "run_study", "skip_run", "study_status", "timm_weights_available"]

@@ -3,14 +3,13 @@ reason), and do the notebooks and dataset folders it needs exist (else nothing r
 
 from __future__ import annotations
 
-import ast
 import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
-from medssl_utils.errors import ParameterError
+from medssl_utils.errors import MedsslError, ParameterError
 from medssl_utils.study.spec import Run, Study, path_kinds
 
 
@@ -62,17 +61,91 @@ def _reachable(host: str, timeout: float = 3.0) -> bool:
         return False
 
 
+def _notebook_cell(notebook: Path) -> dict[str, object]:
+    """``{name: default}`` of a notebook's parameters cell (``NOT_LITERAL`` where the default is not
+    a literal); ``{}`` when the file is missing (reported by :func:`preflight_problems`)."""
+    from medssl_utils.params import read_cell
+
+    return read_cell(notebook)[0] if notebook.is_file() else {}
+
+
 def _notebook_defaults(notebook: Path) -> dict:
     """The literal default values of a notebook's parameters cell (unreadable ones left out)."""
-    import papermill as pm
+    from medssl_utils.params import NOT_LITERAL
 
-    out = {}
-    for name, info in pm.inspect_notebook(str(notebook)).items():
-        try:
-            out[name] = ast.literal_eval(info.get("default", ""))
-        except (ValueError, SyntaxError):
+    return {k: v for k, v in _notebook_cell(notebook).items() if v is not NOT_LITERAL}
+
+
+def check_parameters(study: Study, runs: list[Run] | None = None) -> None:
+    """Every notebook parameter the study sets, checked before anything runs (also by ``--dry-run``).
+
+    Each name must be a parameter of the notebook the run executes: declared by
+    :mod:`medssl_utils.params` for that notebook, or in the parameters cell of the notebook the
+    study names (``notebooks:``). Declared parameters are then checked as the notebook's
+    validation cell checks them: the run's config is made from the notebook's defaults and the
+    study's values (a ``stage:`` or ``file:`` init that does not exist yet stands for a checkpoint).
+    Raises :class:`ParameterError` ``"<study file>: <key path>: <what is wrong and what is allowed>"``.
+    """
+    import re
+
+    from medssl_utils import params as P
+    from medssl_utils.study.spec import NOTEBOOK_FILES
+
+    cells = {kind: _notebook_cell(nb) for kind, nb in study.notebooks.items()}
+    seen: set = set()
+    for run in study.runs if runs is None else runs:
+        notebook = NOTEBOOK_FILES[run.kind].removesuffix(".ipynb")
+        declared = P.declared(notebook)
+        cell = cells.get(run.kind, {})
+        where = run.sources
+        for name in run.params:
+            if name not in declared and name not in cell:
+                other = [k for k, nb in NOTEBOOK_FILES.items() if k != run.kind and name in P.declared(nb[:-6])]
+                text = (f"not a parameter of {NOTEBOOK_FILES[run.kind]} (it is one of {NOTEBOOK_FILES[other[0]]}'s: "
+                        f"set it in {other[0]}.params)" if other else
+                        P.unknown_name(name, set(declared) | set(cell), f"a parameter of {NOTEBOOK_FILES[run.kind]}"))
+                raise _located(study, run, name, text)
+        values = {k: v for k, v in cell.items() if k in declared and v is not P.NOT_LITERAL}
+        values.update({k: v for k, v in run.params.items() if k in declared})
+        if _init_file(values.get("init")) is not None and not _init_file(values["init"]).is_file():
+            values["init"] = f"file:{os.devnull}"  # made by a stage later, or skipped (blocked_runs)
+        key = repr(sorted((k, repr(v)) for k, v in values.items() if k not in ("run_dir", "seed")))
+        if key in seen:
             continue
-    return out
+        seen.add(key)
+        try:
+            P.config_class(notebook)(**values)
+        except MedsslError as exc:
+            text = str(exc)
+            found = re.match(r"([A-Za-z_]\w*)((?:\.\w+)*)(: )?", text)
+            name = found.group(1) if found and found.group(1) in declared and found.group(1) in where else None
+            if name and found.group(3):  # "augment.flip_p: not an option ...": the key path says it
+                raise ParameterError(f"{study.path}: {where[name]}{found.group(2)}: {text[found.end():]}") from None
+            raise _located(study, run, name, text) from None
+
+
+def _located(study: Study, run: Run, name: str | None, text: str) -> ParameterError:
+    """``"<study file>: <key that set parameter name>: text"`` (the run's own key when unknown)."""
+    key = run.sources.get(name) if name else None
+    return ParameterError(f"{study.path}: {key or _run_key(run)}: {text}")
+
+
+def _init_file(init) -> Path | None:
+    """The weights file an init names (``file:PATH``, a checkpoint path), else None."""
+    from medssl_utils.models.init import parse_init
+
+    try:
+        kind, path = parse_init(init)
+    except ParameterError:
+        return None
+    return path if kind == "path" else None
+
+
+def _run_key(run: Run) -> str:
+    """Where a run is set in its study file, e.g. ``pretrain.stages.byol`` or ``finetune.strategies.random``."""
+    if run.kind == "pretrain":
+        return f"pretrain.stages.{run.name}"
+    return f"finetune.{f'tasks.{run.task}.' if run.task else ''}strategies.{run.name}"
 
 
 def blocked_runs(study: Study, runs: list[Run] | None = None,
@@ -100,6 +173,9 @@ def blocked_runs(study: Study, runs: list[Run] | None = None,
             ok, reason = verdicts[encoder]
             if not ok:
                 out[run.id] = reason
+        elif init.startswith("file:") and Path(init[5:]).is_dir():
+            out[run.id] = (f"init {run.init!r}: {init[5:]} is a folder, not a weights file (give the file in it: "
+                           "edit the path in the study file)")
         elif init.startswith("file:") and not Path(init[5:]).exists():
             out[run.id] = (f"init {run.init!r}: weights file {init[5:]} does not exist (download it, or "
                            "edit the path in the study file)")
@@ -107,8 +183,11 @@ def blocked_runs(study: Study, runs: list[Run] | None = None,
 
 
 def preflight_problems(study: Study, runs: list[Run]) -> list[str]:
-    """What stops ``runs`` from executing at all: missing notebooks or dataset folders."""
+    """What stops ``runs`` from executing at all: missing notebooks or dataset folders, a results
+    folder that is a file."""
     problems = []
+    if study.results_dir.exists() and not study.results_dir.is_dir():
+        problems.append(f"results_dir: {study.results_dir} is a file; expected a folder for the study's runs")
     for kind in sorted({r.kind for r in runs}):
         if not study.notebooks[kind].is_file():
             problems.append(f"notebooks.{kind}: {study.notebooks[kind]} does not exist")

@@ -11,7 +11,7 @@ from medssl_utils.study.runner import EXECUTORS, StudySummary, run_study, study_
 from medssl_utils.study.slurm import RESOURCE_KEYS
 from medssl_utils.study.spec import load_study
 
-STATUS_STATES = ("complete", "failed", "skipped", "queued", "running", "pending")
+STATUS_STATES = ("complete", "failed", "skipped", "unreadable", "queued", "running", "pending")
 assert set(STATES) <= set(STATUS_STATES)
 
 
@@ -95,7 +95,7 @@ def format_status(rows: list[dict], study_name: str = "", every_run: bool = Fals
     """Counts per state, then per stage / strategy; queued and running SLURM jobs with their ids;
     failed and skipped runs with their errors."""
     counts = Counter(r["state"] for r in rows)
-    shown_states = [s for s in STATUS_STATES if s != "queued" or counts.get(s)]
+    shown_states = [s for s in STATUS_STATES if s not in ("queued", "unreadable") or counts.get(s)]
     lines = [f"study {study_name}: {len(rows)} runs: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in shown_states)]
     groups: dict[str, Counter] = {}
     for r in rows:
@@ -109,9 +109,9 @@ def format_status(rows: list[dict], study_name: str = "", every_run: bool = Fals
         lines.append("SLURM jobs queued or running (or whose state cannot be checked here):")
         for r in jobs:
             lines.append(f"  {r['state']:<9s} {r['run_id']}  job {r['job']} ({r['job_state']})")
-    shown = rows if every_run else [r for r in rows if r["state"] in ("failed", "skipped")]
+    shown = rows if every_run else [r for r in rows if r["state"] in ("failed", "skipped", "unreadable")]
     if shown:
-        lines.append("runs:" if every_run else "failed and skipped runs:")
+        lines.append("runs:" if every_run else "failed, skipped and unreadable runs:")
         for r in shown:
             lines.append(f"  {r['state']:<9s} {r['run_id']}" + (f": {r['error']}" if r["error"] else ""))
     return "\n".join(lines)

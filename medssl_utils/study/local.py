@@ -104,7 +104,7 @@ def execute_run(study: Study, run: Run, *, force: bool = False, execute: Executo
     t0 = time.perf_counter()
     run.run_dir.mkdir(parents=True, exist_ok=True)
     write_study_json(study, run)
-    if read_state(run)[0] in ("failed", "skipped", "running"):
+    if read_state(run)[0] in ("failed", "skipped", "running", "unreadable"):
         (run.run_dir / "result.json").unlink(missing_ok=True)
     params = {**run.params, **({"overwrite": True} if force else {})}
     error = None

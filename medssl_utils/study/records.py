@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from medssl_utils.study.spec import Run, Study
 
-STATES = ("complete", "failed", "skipped", "running", "pending")
+STATES = ("complete", "failed", "skipped", "running", "pending", "unreadable")
 
 
 @dataclass(frozen=True)
@@ -39,20 +39,43 @@ class Outcome:
 
 def read_result(run: Run) -> dict | None:
     """The run's ``result.json`` as a dict, or None when missing or unreadable."""
+    return load_result(run)[0]
+
+
+def load_result(run: Run) -> tuple[dict | None, str | None]:
+    """``(result, None)``, ``(None, None)`` when there is no ``result.json``, or ``(None, problem)``
+    when it cannot be used: not UTF-8 JSON (e.g. truncated), not an object, or no known status."""
+    path = run.run_dir / "result.json"
     try:
-        result = json.loads((run.run_dir / "result.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return result if isinstance(result, dict) else None
+        text = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None, None
+    except OSError as exc:
+        return None, f"{path}: cannot be read ({exc.strerror or exc})"
+    try:
+        result = json.loads(text.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return None, f"{path}: unreadable (not UTF-8 text: byte {text[exc.start]:#04x} at offset {exc.start}; damaged?)"
+    except ValueError as exc:
+        why = "empty" if not text.strip() else f"not valid JSON: {first_line(str(exc), 120)}"
+        return None, f"{path}: unreadable ({why}; truncated or damaged?)"
+    if not isinstance(result, dict):
+        return None, f"{path}: unreadable (holds a JSON {type(result).__name__}, expected an object)"
+    if result.get("status") not in STATES or result.get("status") in ("pending", "unreadable"):
+        return None, (f"{path}: unreadable (status {result.get('status')!r}; expected one of complete, failed, "
+                      "skipped, running)")
+    return result, None
 
 
 def read_state(run: Run) -> tuple[str, str | None]:
-    """``(state, error)`` of a run from its ``result.json``: one of :data:`STATES`."""
-    result = read_result(run)
-    status = result.get("status") if result else None
-    if status not in STATES:
+    """``(state, error)`` of a run from its ``result.json``: one of :data:`STATES`. ``unreadable``
+    (with the problem as error): the file exists but cannot be used (see :func:`load_result`)."""
+    result, problem = load_result(run)
+    if problem:
+        return "unreadable", problem
+    if result is None:
         return "pending", None
-    return status, result.get("error")
+    return result["status"], result.get("error")
 
 
 def training_seconds(run: Run) -> float | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from medssl_utils.errors import MedsslError, ParameterError
-from medssl_utils.study.checks import blocked_runs, preflight_problems
+from medssl_utils.study.checks import blocked_runs, check_parameters, preflight_problems
 from medssl_utils.study.local import Executor, LocalExecutor
 from medssl_utils.study.records import Outcome, read_state, training_seconds, write_result, write_study_json
 from medssl_utils.study.spec import Run, Study, execution_order, load_study
@@ -196,6 +196,7 @@ def run_study(path: str | os.PathLike, workers: int | None = None, dry_run: bool
         raise ParameterError(f"workers={workers!r}: expected a whole number >= 1")
     t0 = time.perf_counter()
     study = load_study(path, results_dir)
+    check_parameters(study)  # every notebook parameter, before anything runs (dry runs too)
     order = execution_order(study.runs)
     todo = [r for r in order if force or read_state(r)[0] != "complete"]
     problems = preflight_problems(study, todo)
@@ -203,8 +204,13 @@ def run_study(path: str | os.PathLike, workers: int | None = None, dry_run: bool
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
         raise MedsslError(f"study {study.path}: {problems[0]}{more}")
     name = executor if isinstance(executor, str) else getattr(executor, "name", type(executor).__name__)
+    unreadable = [f"{error}: {r.id} is executed again and replaces it" for r in todo
+                  if (error := _unreadable(r)) is not None]
     if dry_run:
-        return _dry_run(study, order, todo, problems, force, check_timm, out, name, executor, executor_options)
+        return _dry_run(study, order, todo, problems + unreadable, force, check_timm, out, name, executor,
+                        executor_options)
+    for line in unreadable:
+        print(f"note: {line}", file=out)
     blocked = blocked_runs(study, todo, check_timm)
     summary = StudySummary(study, executor=name)
     with _study_lock(study.results_dir):
@@ -216,6 +222,11 @@ def run_study(path: str | os.PathLike, workers: int | None = None, dry_run: bool
     summary.seconds = time.perf_counter() - t0
     print(str(summary), file=out)
     return summary
+
+
+def _unreadable(run: Run) -> str | None:
+    state, error = read_state(run)
+    return error if state == "unreadable" else None
 
 
 def _dry_run(study, order, todo, problems, force, check_timm, out, name, executor, options) -> StudySummary:

@@ -6,6 +6,7 @@ Nothing here executes anything or reads beyond the study file.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import os
 import re
@@ -54,7 +55,8 @@ class Run:
     ``params`` are the papermill parameters (``init`` resolved to a path for ``stage:`` inits,
     ``run_dir`` included); ``init`` is the init as the study wrote it; ``deps`` the ids of the
     stages this run starts from; ``slurm`` the run's SLURM resources from the study file's
-    ``slurm`` sections, merged and validated (used by the slurm executor only).
+    ``slurm`` sections, merged and validated (used by the slurm executor only); ``sources`` where in
+    the study file each parameter was set (``{"lr": "finetune.params.lr", ...}``, for error messages).
     """
 
     id: str
@@ -68,6 +70,7 @@ class Run:
     budget: str | None = None
     seed: int | None = None
     slurm: dict = field(default_factory=dict)
+    sources: dict = field(default_factory=dict, compare=False)
 
 
 @dataclass
@@ -159,15 +162,64 @@ def load_study(path: str | os.PathLike, results_dir: str | os.PathLike | None = 
 
 
 def _read_yaml(path: Path):
+    """The study file's YAML, loaded strictly: UTF-8 text, one document, no key twice in a mapping."""
     import yaml
 
+    if path.is_dir():
+        raise MedsslError(f"study file {path} is a folder; expected a YAML file such as studies/quick.yaml")
     if not path.is_file():
         raise MedsslError(f"study file {path} does not exist")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+        text = data.decode("utf-8")
+    except OSError as exc:
+        raise MedsslError(f"study file {path}: cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ParameterError(f"{path}:{line}: not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start}); "
+                             "save the study file as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_strict_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        first = " ".join(str(exc).split())
-        raise ParameterError(f"{path}: not valid YAML: {first}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem, context = getattr(exc, "problem", None), getattr(exc, "context", None)
+        if problem and context and problem.startswith("but "):  # "expected a single document ..., but found ..."
+            problem = f"{context}, {problem}"
+        first = " ".join(str(problem or exc).split())
+        what = "" if getattr(exc, "duplicate_key", False) else "not valid YAML: "
+        raise ParameterError(f"{where}: {what}{first}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _strict_loader():
+    """A yaml SafeLoader that refuses a key given twice in one mapping (YAML would keep the last
+    silently). Keys merged in with ``<<: *anchor`` may be overridden, as YAML defines."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen: dict = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        first = seen.get(key)
+                    except TypeError:  # an unhashable key: SafeLoader's own error says so
+                        continue
+                    if first is not None:
+                        exc = yaml.constructor.ConstructorError(
+                            None, None, f"key {key!r} appears twice in one mapping (first on line {first}); "
+                                        "give each key once (YAML would keep only the last)",
+                            key_node.start_mark)
+                        exc.duplicate_key = True
+                        raise exc
+                    seen[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
 
 
 def _notebooks(ctx: _Ctx, value) -> dict[str, Path]:
@@ -184,9 +236,27 @@ def _notebooks(ctx: _Ctx, value) -> dict[str, Path]:
     return out
 
 
-def _params(ctx: _Ctx, value, key: str, block: str) -> dict:
+class _Params(dict):
+    """Notebook parameters from the study file, with ``where`` each was set (``{name: key path}``)."""
+
+    def __init__(self, values=(), where: dict | None = None):
+        super().__init__(values)
+        self.where = dict(where or {})
+
+
+def _merge(*blocks: Mapping) -> _Params:
+    """Parameter blocks merged, later wins (and so does its ``where``)."""
+    out = _Params()
+    for block in blocks:
+        out.update(block)
+        out.where.update(getattr(block, "where", {}))
+    return out
+
+
+def _params(ctx: _Ctx, value, key: str, block: str) -> _Params:
     """A block of notebook parameters; runner-owned keys the block may not set are errors."""
-    params = ctx.mapping(value, key)
+    params = _Params(ctx.mapping(value, key))
+    params.where = {k: f"{key}.{k}" for k in params}
     for k in params:
         if k in RUNNER_OWNED and k not in ALLOWED_OWNED[block]:
             raise ctx.error(f"{key}.{k}", f"not settable here: {RUNNER_OWNED[k]}")
@@ -227,7 +297,7 @@ def _specs(ctx: _Ctx, value, key: str) -> list[str]:
 # ---------------------------------------------------------------------------- stages
 def _stages(ctx: _Ctx, pre: dict, defaults: dict, slurm: dict) -> tuple[dict[str, dict], dict[str, dict]]:
     """``({stage: notebook parameters}, {stage: SLURM resources})``."""
-    common = {**defaults, **_params(ctx, pre.get("params"), "pretrain.params", "pretrain.params")}
+    common = _merge(defaults, _params(ctx, pre.get("params"), "pretrain.params", "pretrain.params"))
     common_slurm = _slurm(ctx, pre.get("slurm"), "pretrain.slurm", slurm)
     stages = ctx.mapping(pre.get("stages"), "pretrain.stages")
     out, resources = {}, {}
@@ -236,7 +306,7 @@ def _stages(ctx: _Ctx, pre: dict, defaults: dict, slurm: dict) -> tuple[dict[str
         ctx.name(name, key)
         value = ctx.mapping(value, key)
         resources[name] = _slurm(ctx, value.pop("slurm", None), f"{key}.slurm", common_slurm)
-        params = {**common, **_params(ctx, value, key, "stage")}
+        params = _merge(common, _params(ctx, value, key, "stage"))
         if not isinstance(params.get("method"), str) or not params["method"].strip():
             raise ctx.error(f"{key}.method", "required: the pretraining method (byol, simclr or hssl)")
         if "datasets" not in params:
@@ -255,9 +325,11 @@ def _stage_run(ctx: _Ctx, name: str, params: dict, stages: dict, results: Path, 
     init = params["init"]
     resolved, deps = _resolve_init(ctx, init, f"pretrain.stages.{name}.init", stages, results)
     _check_same_encoder(ctx, params, deps, stages, f"pretrain.stages.{name}")
+    key = f"pretrain.stages.{name}"
     return Run(id=f"pretrain/{name}", kind="pretrain", name=name, run_dir=run_dir,
                params={**params, "init": resolved, "run_dir": str(run_dir)}, init=str(init), deps=deps,
-               seed=params.get("seed"), slurm=slurm)
+               seed=params.get("seed"), slurm=slurm,
+               sources={"init": f"{key}.init", "run_dir": "results_dir", **params.where})
 
 
 def _resolve_init(ctx: _Ctx, init, key: str, stages: dict, results: Path) -> tuple[str, tuple[str, ...]]:
@@ -337,8 +409,8 @@ def _finetune_runs(ctx: _Ctx, value, present: bool, defaults: dict, stages: dict
         if "dataset" not in t:
             raise ctx.error(f"{key}.dataset", "required: the dataset spec of this task")
         merged = {**{k: v for k, v in grid.items() if k != "tasks"}, **t,
-                  "params": {**_params(ctx, grid.get("params"), "finetune.params", "finetune.params"),
-                             **_params(ctx, t.get("params"), f"{key}.params", "finetune.params")},
+                  "params": _merge(_params(ctx, grid.get("params"), "finetune.params", "finetune.params"),
+                                   _params(ctx, t.get("params"), f"{key}.params", "finetune.params")),
                   "strategies": _merge_strategies(ctx, grid.get("strategies"), t.get("strategies"), key),
                   "slurm": _slurm(ctx, t.get("slurm"), f"{key}.slurm", grid["slurm"])}
         if any(k in t for k in BUDGET_KEYS):  # a task's budget replaces the grid's, whichever kind
@@ -361,7 +433,7 @@ def _grid_runs(ctx: _Ctx, grid: dict, task: str | None, key: str, defaults: dict
     dataset = _specs(ctx, grid["dataset"], f"{key}.dataset")
     if len(dataset) != 1:
         raise ctx.error(f"{key}.dataset", "expected one dataset spec")
-    common = {**defaults, **grid.get("params", {})}
+    common = _merge(defaults, grid.get("params", {}))
     common.pop("seed", None)  # fine-tuning seeds come from `seeds`
     strategies = ctx.mapping(grid.get("strategies"), f"{key}.strategies")
     if not strategies:
@@ -381,6 +453,11 @@ def _grid_runs(ctx: _Ctx, grid: dict, task: str | None, key: str, defaults: dict
         resources = _slurm(ctx, s.get("slurm"), f"{skey}.slurm", grid["slurm"])
         init, deps = _resolve_init(ctx, s["init"], f"{skey}.init", stages, results)
         _check_same_encoder(ctx, {**common, **extra}, deps, stages, skey)
+        budget_key = skey if any(k in s for k in BUDGET_KEYS) else key
+        sources = {**common.where, **extra.where, "dataset": f"{key}.dataset", "init": f"{skey}.init",
+                   "run_dir": "results_dir", "seed": f"{skey if 'seeds' in s else key}.seeds",
+                   "labelled_slices": f"{budget_key}.labelled_slices",
+                   "labelled_fraction": f"{budget_key}.labelled_fraction"}
         for label, slices, fraction in own_budgets:
             for seed in own_seeds:
                 run_dir = root / name / label / f"seed{seed}"
@@ -389,7 +466,7 @@ def _grid_runs(ctx: _Ctx, grid: dict, task: str | None, key: str, defaults: dict
                           "labelled_fraction": fraction, "seed": seed, "run_dir": str(run_dir)}
                 runs.append(Run(id=rid, kind="finetune", name=name, run_dir=run_dir, params=params,
                                 init=str(s["init"]).strip(), deps=deps, task=task, budget=label, seed=seed,
-                                slurm=resources))
+                                slurm=resources, sources=sources))
     return runs
 
 

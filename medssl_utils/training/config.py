@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 
 from medssl_utils.errors import MedsslError, ParameterError, check_choice
@@ -21,6 +22,17 @@ class TrainingError(MedsslError):
     """Training cannot go on (e.g. the loss became NaN)."""
 
 
+def _ssl_class(method: str) -> type:
+    """The SSL method class whose constructor takes ``method_options`` (see ``pretrain._build_ssl``)."""
+    if method == "byol":
+        from medssl_utils.models.byol import BYOL as cls
+    elif method == "simclr":
+        from medssl_utils.models.simclr import SimCLR as cls
+    else:
+        from medssl_utils.models.hssl import HSSL as cls
+    return cls
+
+
 # ----------------------------------------------------------------------------- configuration
 @dataclass
 class _Common:
@@ -31,9 +43,9 @@ class _Common:
     seed: int = 0
     device: str = "auto"
     devices: int = 1
-    precision: str = "32"
+    precision: str | int = "32"  # YAML's unquoted 32 is the int 32
     channels_last: bool = True  # fastest on CPU and GPU (benchmarks/train_throughput.py)
-    decoder_channels: tuple = (256, 128, 64, 32, 16)
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
     split: str = "auto"
     split_seed: int = 0
     grad_clip: float = 0.0
@@ -41,11 +53,14 @@ class _Common:
     log_every: int = 10
     progress: bool | str = "auto"
     overwrite: bool = False
-    run_dir: str | None = None
+    run_dir: str | os.PathLike | None = None
 
     def _check_common(self) -> None:
-        from medssl_utils.params import check_int, check_number
+        from medssl_utils.models.unet import _check_channels, check_encoder_name
+        from medssl_utils.params import check_field_types, check_int, check_number
 
+        check_field_types(self)  # each field's annotation: the declaration of the notebooks' parameters
+        check_encoder_name(self.encoder)
         check_int("image_size", self.image_size, 32, 2048)
         if self.image_size % 32:
             raise ParameterError(f"image_size={self.image_size}: expected a multiple of 32 (the U-Net halves it 5 times)")
@@ -58,12 +73,11 @@ class _Common:
         check_choice("device", self.device, DEVICES)
         check_choice("precision", str(self.precision), PRECISIONS)
         check_choice("split", self.split, SPLITS)
+        check_choice("progress", self.progress, (True, False, "auto"))
         if self.lr is not None:
             check_number("lr", self.lr, 0, None, low_open=True, what="a positive finite number or None (method default)")
         check_number("grad_clip", self.grad_clip, 0, None, what="a finite number >= 0 (0 disables clipping)")
-        if not isinstance(self.channels_last, bool):
-            raise ParameterError(f"channels_last={self.channels_last!r}: expected True or False")
-        self.decoder_channels = tuple(self.decoder_channels)
+        self.decoder_channels = _check_channels(self.decoder_channels)
         if self.run_dir is None or not str(self.run_dir).strip():
             raise ParameterError("run_dir: expected a folder for this run's outputs")
 
@@ -78,14 +92,14 @@ class PretrainConfig(_Common):
     """Parameters of one self-supervised pretraining run (``notebooks/01_pretrain.ipynb``)."""
 
     method: str = "byol"
-    datasets: list = field(default_factory=lambda: ["phantom:cardiac"])
-    init: str = "random"
+    datasets: list[str] = field(default_factory=lambda: ["phantom:cardiac"])
+    init: str | os.PathLike = "random"
     epochs: int = 10
     max_steps: int | None = None
     optimizer: str = "lars"
     weight_decay: float | None = None
     warmup_epochs: float | None = None  # None: 1 epoch, at most 10 % of the run
-    save_epochs: list = field(default_factory=list)
+    save_epochs: list[int] = field(default_factory=list)
     balanced: bool = True
     method_options: dict = field(default_factory=dict)
     augment: dict = field(default_factory=dict)
@@ -94,7 +108,7 @@ class PretrainConfig(_Common):
     knn_max_query: int = 500
 
     def __post_init__(self):
-        from medssl_utils.params import check_int, check_number, check_specs
+        from medssl_utils.params import check_augment, check_int, check_keywords, check_number, check_specs
 
         self._check_common()
         check_choice("method", self.method, METHODS)
@@ -104,8 +118,8 @@ class PretrainConfig(_Common):
         if self.max_steps is not None:
             check_int("max_steps", self.max_steps, 1)
         check_int("knn_every", self.knn_every, 0)
-        if not isinstance(self.save_epochs, (list, tuple)):
-            raise ParameterError(f"save_epochs={self.save_epochs!r}: expected a list of epoch numbers")
+        check_int("knn_max_bank", self.knn_max_bank, 1)
+        check_int("knn_max_query", self.knn_max_query, 1)
         for e in self.save_epochs:
             check_int("save_epochs[...]", e, 1, self.epochs)
         self.save_epochs = sorted(set(int(e) for e in self.save_epochs))
@@ -114,9 +128,11 @@ class PretrainConfig(_Common):
         if self.warmup_epochs is not None:
             check_number("warmup_epochs", self.warmup_epochs, 0, self.epochs,
                          what=f"None (1 epoch, at most 10 % of the run) or a number of epochs in 0..epochs ({self.epochs})")
-        for name in ("method_options", "augment"):
-            if not isinstance(getattr(self, name), dict):
-                raise ParameterError(f"{name}={getattr(self, name)!r}: expected a dict of keyword arguments")
+        from medssl_utils.training.pretrain import METHOD_AUGMENT
+
+        self.method_options = check_keywords("method_options", self.method_options, _ssl_class(self.method),
+                                             what=f"{self.method}'s constructor")
+        self.augment = check_augment(self.augment, "SSLAugment", self.image_size, METHOD_AUGMENT.get(self.method, {}))
         from medssl_utils.models.init import check_init
 
         check_init(self.init)
@@ -127,7 +143,7 @@ class FinetuneConfig(_Common):
     """Parameters of one fine-tuning run (``notebooks/02_finetune.ipynb``)."""
 
     dataset: str = "phantom:cardiac"
-    init: str = "random"
+    init: str | os.PathLike = "random"
     labelled_slices: int | None = None
     labelled_fraction: float | None = None
     max_steps: int = 1000
@@ -143,7 +159,7 @@ class FinetuneConfig(_Common):
     recalibrate_bn: int = 64
 
     def __post_init__(self):
-        from medssl_utils.params import check_int, check_spec
+        from medssl_utils.params import check_augment, check_int, check_spec
 
         self._check_common()
         self.dataset = str(check_spec("dataset", self.dataset))
@@ -163,9 +179,8 @@ class FinetuneConfig(_Common):
             check_int("labelled_slices", self.labelled_slices, 1)
         elif not (isinstance(self.labelled_fraction, (int, float)) and 0 < self.labelled_fraction <= 1):
             raise ParameterError(f"labelled_fraction={self.labelled_fraction!r}: expected 0 < fraction <= 1")
-        if not isinstance(self.augment, dict):
-            raise ParameterError(f"augment={self.augment!r}: expected a dict of SegAugment keyword arguments")
+        self.augment = check_augment(self.augment, "SegAugment", self.image_size)
         from medssl_utils.models.init import check_init
 
-        check_init(self.init)
+        check_init(self.init, self.load_decoder is True)
 

@@ -196,11 +196,11 @@ def prepare_run(cfg, kind: str) -> tuple[RunDir, dict | None]:
     """
     rd = RunDir(cfg.run_dir, writer=_launcher_rank_zero())
     params = {**cfg.as_params(), "kind": kind, "medssl_version": __version__}
-    old = rd.read_result()
+    old = None if cfg.overwrite else rd.read_result()  # an unreadable one stops here (overwrite=True replaces it)
     if old and old.get("status") == "complete" and not cfg.overwrite:
         return rd, old
-    old_params = rd.read_params()
     resume = (rd.checkpoints / "last.pt").is_file() and not cfg.overwrite
+    old_params = rd.read_params() if resume else None
     if resume and old_params:
         changed = sorted(k for k in set(params) | set(old_params)
                          if k not in _RUNTIME_KEYS | {"started", "medssl_version"}
@@ -232,9 +232,14 @@ def load_state(path: Path, module, optimizer) -> tuple[int, dict]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise DataError(f"{path}: cannot read the resume state ({exc}); delete it to start over") from exc
-    module.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    return int(state["step"]), state.get("extra", {})
+    try:
+        module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        return int(state["step"]), state.get("extra", {})
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        why = " ".join(str(exc).split())[:200]
+        raise DataError(f"{path}: the resume state does not fit this run ({type(exc).__name__}: {why}); "
+                        "delete it to start over") from None
 
 
 def unwrap(module):
