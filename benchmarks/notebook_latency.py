@@ -75,15 +75,20 @@ def kernel_redraws(dataset: str) -> dict:
     return {k: summary(v) for k, v in raw.items() if k != "errors"}
 
 
-def first_open(dataset: str, repeat: int) -> list[float]:
-    import papermill as pm
+def notebook_defaults() -> dict:
+    """The values of 00_explore_data's parameters cell."""
     from papermill.iorw import load_notebook_node
 
-    defaults = load_notebook_node(str(NOTEBOOK))
-    src = next(c for c in defaults.cells if "parameters" in c.metadata.get("tags", [])).source
+    cells = load_notebook_node(str(NOTEBOOK)).cells
     namespace: dict = {}
-    exec(src, namespace)
-    gallery = [dataset] + namespace["gallery"][1:]
+    exec(next(c for c in cells if "parameters" in c.metadata.get("tags", [])).source, namespace)
+    return namespace
+
+
+def first_open(dataset: str, repeat: int) -> list[float]:
+    import papermill as pm
+
+    gallery = [dataset] + notebook_defaults()["gallery"][1:]
     times = []
     for _ in range(repeat):
         with tempfile.TemporaryDirectory(prefix="medssl-first-open-") as cache:
@@ -125,12 +130,13 @@ def browser_redraws(dataset: str, n: int = 12) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="phantom:cardiac?cases=12", help="00_explore_data's default")
+    ap.add_argument("--dataset", default=None, help="default: 00_explore_data's own default")
     ap.add_argument("--repeat", type=int, default=2, help="first-open runs, each from an empty cache")
     ap.add_argument("--skip-first-open", action="store_true")
     ap.add_argument("--browser", action="store_true", help="also measure redraws in chromium (JupyterLab)")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
+    args.dataset = args.dataset or notebook_defaults()["dataset"]
 
     results: dict = {"dataset": args.dataset, "machine": platform.node(), "cpus": os.cpu_count(),
                      "load_average_at_start": os.getloadavg()}
