@@ -121,8 +121,8 @@ Runner behaviour
   ``max_jobs`` at once, and waits for them; Ctrl-C leaves the jobs queued / running and the
   next ``run`` adopts them instead of submitting them again.
 - Executed notebooks run with the run directory as working directory.
-- One progress bar counts runs (a widget in Jupyter, tqdm in a terminal, a few plain lines in
-  a log); the summary printed at the end counts done / already complete / skipped / failed,
+- One progress bar counts runs (one HTML output in Jupyter, tqdm in a terminal, a few plain
+  lines in a log); the summary printed at the end counts done / already complete / skipped / failed,
   gives the training share (``timings.train_s`` of the runs executed now over their notebooks'
   wall time), groups skipped runs by reason and lists each failed run's folder and error.
 
