@@ -815,7 +815,8 @@ def _cmd_report(args) -> int:
         else None
     if claims is not None and len(claims):
         print("claims (tables/claims.csv):")
-        print(format_claims(claims.fillna({"note": "", "quantity": ""})))
+        text = claims.astype({"note": object, "quantity": object})  # all-empty columns are read as float
+        print(format_claims(text.fillna({"note": "", "quantity": ""})))
     print(f"report: {page}")
     return print_problems(res.problems)
 

@@ -15,6 +15,7 @@ import pytest  # noqa: E402
 
 from medssl_utils import claims, results  # noqa: E402
 from medssl_utils.models.checkpoints import describe_lineage  # noqa: E402
+from test_results import volume_rows  # noqa: E402
 
 CARDIAC = "phantom:cardiac?cases=32"
 TASKS = ["phantom:abdomen-ct", "phantom:brain-mr", "phantom:prostate-mr"]
@@ -51,6 +52,7 @@ def _write(root: Path, rel: str, *, lineage, dataset, seed, test_dice, history, 
     (d / "params.json").write_text(json.dumps(params))
     (d / "result.json").write_text(json.dumps(result))
     history.to_csv(d / "history.csv", index=False)
+    volume_rows(test_dice).to_csv(d / "test_metrics.csv", index=False)  # a complete run has its per-volume rows
 
 
 def make_world(root: Path, effect: bool) -> Path:

@@ -459,7 +459,10 @@ def test_interrupted_submitter_neither_loses_nor_duplicates_runs(tmp_path, nbs, 
                   finetune={**FT, "seeds": [0, 1], "strategies": {"r": "random", "a": "stage:a"}})
     stage = tmp_path / "results/pretrain/a"
     cmd = [sys.executable, "-m", "medssl_utils", "study", "run", str(path), "--executor", "slurm", "--poll", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    # SIGINT as a terminal delivers it, even when this test runs in a background job (which ignores SIGINT,
+    # and Python then installs no KeyboardInterrupt handler)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         _wait_for(lambda: str(stage) in _executed(tmp_path), 120, "the stage's notebook to start")
         proc.send_signal(signal.SIGINT)  # Ctrl-C of the submitting process

@@ -453,7 +453,7 @@ def test_file_level_errors(tmp_path, nbs):
         st.load_study(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n")
-    with pytest.raises(ParameterError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(ParameterError, match="bad.yaml:2: not valid YAML"):
         st.load_study(bad)
     path = make_study(tmp_path, {"pretrain": str(tmp_path / "missing.ipynb"), "finetune": nbs["finetune"]},
                       pretrain={"stages": {"a": STAGE}})

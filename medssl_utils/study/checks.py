@@ -94,6 +94,8 @@ def check_parameters(study: Study, runs: list[Run] | None = None) -> None:
     cells = {kind: _notebook_cell(nb) for kind, nb in study.notebooks.items()}
     seen: set = set()
     for run in study.runs if runs is None else runs:
+        if not study.notebooks[run.kind].is_file():
+            continue  # its parameters cannot be read; preflight_problems names the missing notebook
         notebook = NOTEBOOK_FILES[run.kind].removesuffix(".ipynb")
         declared = P.declared(notebook)
         cell = cells.get(run.kind, {})
