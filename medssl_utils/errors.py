@@ -20,15 +20,18 @@ class ParameterError(MedsslError, ValueError):
     """A parameter value is out of range or not one of the allowed values."""
 
 
+def close_matches(name, known, n: int = 3) -> list[str]:
+    """Names in ``known`` that ``name`` is probably a misspelling of (case ignored), best first."""
+    import difflib
+
+    lower = {str(k).lower(): k for k in known}
+    return [lower[m] for m in difflib.get_close_matches(str(name).lower(), list(lower), n=n, cutoff=0.6)]
+
+
 def check_choice(name: str, value, allowed) -> None:
     """Raise :class:`ParameterError` unless ``value`` is one of ``allowed``."""
     allowed = list(allowed)
     if isinstance(value, (list, dict, set)) or value not in allowed:
-        hint = ""
-        if isinstance(value, str):
-            import difflib
-
-            words = {str(a).lower(): a for a in allowed if isinstance(a, str)}
-            close = difflib.get_close_matches(value.lower(), list(words), n=1, cutoff=0.6)
-            hint = f"; did you mean {words[close[0]]!r}?" if close else ""
+        close = close_matches(value, [a for a in allowed if isinstance(a, str)], n=1) if isinstance(value, str) else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ParameterError(f"{name}={value!r} is not allowed; expected one of {allowed}{hint}")

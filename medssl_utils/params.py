@@ -23,7 +23,6 @@ parameter's name and says what is allowed.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -31,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from medssl_utils.errors import ParameterError
+from medssl_utils.errors import ParameterError, close_matches
 
 
 # ============================================================================ single checks
@@ -89,13 +88,6 @@ def _text_hint(value) -> str:
     if re.fullmatch(r"\s*[-+]?\d+[eE][-+]?\d+\s*", value):
         return f" (this is the text {value!r}: YAML reads a number like 1e-4 without a '.' as text; write 1.0e-4)"
     return f" (this is the text {value!r}, not a number: remove the quotes)"
-
-
-def close_matches(name: str, known) -> list[str]:
-    """Names in ``known`` that ``name`` is probably a misspelling of (case ignored), best first."""
-    known = list(known)
-    lower = {k.lower(): k for k in known}
-    return [lower[m] for m in difflib.get_close_matches(str(name).lower(), list(lower), n=3, cutoff=0.6)]
 
 
 def unknown_name(name: str, known, what: str) -> str:

@@ -63,7 +63,6 @@ per-volume SD, and per-slice IoU (from ``result.json``) mean ± SD over seeds.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -222,15 +221,12 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 def _read_json(path: Path) -> tuple[dict | None, str | None]:
     """``(object, None)`` or ``(None, problem)`` for a missing / unreadable / non-object file."""
+    from medssl_utils.rundir import read_json_object
+
     if not path.is_file():
         return None, f"{path.name} is missing"
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        return None, f"{path.name} is not valid JSON ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
-    if not isinstance(obj, dict):
-        return None, f"{path.name} holds a {type(obj).__name__}, expected a JSON object"
-    return obj, None
+    obj, why = read_json_object(path)
+    return obj, (f"{path.name} {why}" if why else None)
 
 
 def _read_csv(path: Path, required: tuple[str, ...]) -> tuple[pd.DataFrame | None, str | None]:

@@ -17,6 +17,30 @@ import pandas as pd
 from medssl_utils.errors import DataError, ParameterError
 
 
+def read_json_object(path: Path) -> tuple[dict | None, str | None]:
+    """``(object, None)``; ``(None, None)`` when ``path`` does not exist; ``(None, why)`` when it cannot
+    be used, ``why`` following the file's name: "is empty", "is not valid JSON (…)", "is not UTF-8
+    text (byte 0xe9 at offset 17)", "holds a JSON list, expected an object", "cannot be read (…)".
+    The one reader of medssl's JSON run files (run directories, study records, the report)."""
+    try:
+        raw = Path(path).read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None, None
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc})"
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return None, f"is not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start})"
+    except ValueError as exc:
+        if not raw.strip():
+            return None, "is empty"
+        return None, f"is not valid JSON ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
+    if not isinstance(obj, dict):
+        return None, f"holds a JSON {type(obj).__name__}, expected an object"
+    return obj, None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,16 +108,9 @@ class RunDir:
 
     def _read(self, name: str) -> dict | None:
         path = self.path / name
-        try:
-            obj = json.loads(path.read_bytes().decode("utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            why = " ".join(str(exc).split())[:120]
-            raise DataError(f"{path}: unreadable ({type(exc).__name__}: {why}); run_dir holds a damaged run: "
-                            "delete the file, or set overwrite=True to run again") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}: holds a JSON {type(obj).__name__}, expected an object; delete the file, "
+        obj, why = read_json_object(path)
+        if why:
+            raise DataError(f"{path}: unreadable ({name} {why}); run_dir holds a damaged run: delete the file, "
                             "or set overwrite=True to run again")
         return obj
 

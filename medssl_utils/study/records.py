@@ -6,9 +6,9 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
+from medssl_utils.rundir import read_json_object
 from medssl_utils.study.spec import Run, Study
 
 STATES = ("complete", "failed", "skipped", "running", "pending", "unreadable")
@@ -46,21 +46,11 @@ def load_result(run: Run) -> tuple[dict | None, str | None]:
     """``(result, None)``, ``(None, None)`` when there is no ``result.json``, or ``(None, problem)``
     when it cannot be used: not UTF-8 JSON (e.g. truncated), not an object, or no known status."""
     path = run.run_dir / "result.json"
-    try:
-        text = path.read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
+    result, why = read_json_object(path)
+    if why:
+        return None, f"{path}: unreadable (result.json {why}; truncated or damaged?)"
+    if result is None:
         return None, None
-    except OSError as exc:
-        return None, f"{path}: cannot be read ({exc.strerror or exc})"
-    try:
-        result = json.loads(text.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        return None, f"{path}: unreadable (not UTF-8 text: byte {text[exc.start]:#04x} at offset {exc.start}; damaged?)"
-    except ValueError as exc:
-        why = "empty" if not text.strip() else f"not valid JSON: {first_line(str(exc), 120)}"
-        return None, f"{path}: unreadable ({why}; truncated or damaged?)"
-    if not isinstance(result, dict):
-        return None, f"{path}: unreadable (holds a JSON {type(result).__name__}, expected an object)"
     if result.get("status") not in STATES or result.get("status") in ("pending", "unreadable"):
         return None, (f"{path}: unreadable (status {result.get('status')!r}; expected one of complete, failed, "
                       "skipped, running)")
