@@ -322,13 +322,23 @@ def _sacct_jobs(name_prefix: str) -> list[tuple[str, str, str]]:
     return [r for r in rows if r[1].startswith(name_prefix)]
 
 
-def _jobs_when_ended(name_prefix: str) -> list[tuple[str, str, str]]:
-    """The jobs of ``_sacct_jobs`` once none is still running (a job ends a moment after its result)."""
-    def ended():
-        jobs = _sacct_jobs(name_prefix)
-        return jobs if jobs and not {j[2].split()[0] for j in jobs} & slurm.ACTIVE else None
+def _jobs_when_ended(name_prefix: str, expected: int) -> list[tuple[str, str, str]]:
+    """The jobs of ``_sacct_jobs`` once at least ``expected`` are recorded and none is still active.
 
-    return _wait_for(ended, 60, f"the jobs {name_prefix}* to end")
+    slurmctld hands job records to slurmdbd asynchronously, so sacct can list a job that ended before another
+    one (an array element split off its array) is recorded at all: waiting only for "none active" could see
+    four jobs of five. The callers assert the exact count afterwards, so a duplicate still fails."""
+    seen: list = []
+
+    def ended():
+        seen[:] = _sacct_jobs(name_prefix)
+        done = len(seen) >= expected and not {j[2].split()[0] for j in seen} & slurm.ACTIVE
+        return list(seen) if done else None
+
+    try:
+        return _wait_for(ended, 60, f"{expected} jobs {name_prefix}* recorded and ended")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; sacct shows {seen}") from None
 
 
 def _wait_for(predicate, timeout: float, what: str):
@@ -379,7 +389,7 @@ def test_toy_study_through_slurm_equals_local(tmp_path, slurm_cluster):
     assert "lineage_name" in result(tmp_path / "results/finetune/byol/n6/seed0")
     assert 0 < on_slurm.training_share < 1
     assert on_slurm.training_share == pytest.approx(on_slurm.train_seconds / on_slurm.worker_seconds)
-    jobs = _jobs_when_ended(f"medssl-{name}-")
+    jobs = _jobs_when_ended(f"medssl-{name}-", 3)
     assert len(jobs) == 3 and {j[2] for j in jobs} == {"COMPLETED"}
 
 
@@ -447,7 +457,7 @@ def test_a_job_lingering_after_its_run_failed_is_cancelled(tmp_path, slurm_clust
     error = summary.outcomes[0].error
     assert summary.counts == {"failed": 1} and error.startswith("ValueError: broke (notebook cell [3]) [SLURM job ")
     assert ", cancelled: it went on after the run had failed; log " in error
-    jobs = _jobs_when_ended(f"medssl-{name}-")
+    jobs = _jobs_when_ended(f"medssl-{name}-", 1)
     assert [j[2].split()[0] for j in jobs] == ["CANCELLED"] and time.monotonic() - t0 < 120
 
 
@@ -494,7 +504,7 @@ def test_interrupted_submitter_neither_loses_nor_duplicates_runs(tmp_path, nbs, 
     executed = _executed(tmp_path)
     assert sorted(executed) == sorted(str(r.run_dir) for r in again.study.runs)  # each run exactly once
     assert again.counts["done"] + again.counts.get("already complete", 0) == 5
-    jobs = _jobs_when_ended(f"medssl-{name}-")
+    jobs = _jobs_when_ended(f"medssl-{name}-", 5)
     assert len(jobs) == 5 and {j[2] for j in jobs} == {"COMPLETED"}  # one job per run
     assert json.loads((stage / "slurm.json").read_text())["job_id"] == stage_job
 
@@ -519,7 +529,7 @@ def test_jobs_submitted_but_not_recorded_are_found_by_name(tmp_path, nbs, slurm_
     assert len(intents) == 1 and json.loads(intents[0].read_text())["runs"] == ["finetune/r/n2/seed0"]
     again = st.run_study(path, executor="slurm", executor_options={"poll_s": 1}, progress=False)
     assert again.counts == {"done": 1} and result(run_dir)["status"] == "complete"
-    assert len(_sacct_jobs(f"medssl-{name}-")) == 1 and _executed(tmp_path) == [str(run_dir)]
+    assert len(_jobs_when_ended(f"medssl-{name}-", 1)) == 1 and _executed(tmp_path) == [str(run_dir)]
     assert not intents[0].exists() and json.loads((run_dir / "slurm.json").read_text())["job_id"]
 
 
@@ -563,7 +573,7 @@ def test_devices_run_as_one_job_with_a_task_per_device(tmp_path, slurm_cluster):
     assert {r["env"] for r in ranks} == {"SLURMEnvironment"}
     assert (run_dir / "notebook.ipynb").is_file() and (run_dir / "rank1" / "notebook.ipynb").is_file()
     assert (run_dir / "kernel.log").is_file() and (run_dir / "rank1" / "kernel.log").is_file()
-    jobs = _sacct_jobs(f"medssl-{name}-")
+    jobs = _jobs_when_ended(f"medssl-{name}-", 1)
     assert len(jobs) == 1  # one job for both processes
     script = next((tmp_path / "results/slurm").glob("*/*_submission.sh")).read_text()
     assert "#SBATCH --ntasks-per-node=2" in script and "#SBATCH --nodes=1" in script
