@@ -48,7 +48,8 @@ def _check_int(name: str, value, minimum: int = 1) -> int:
     return value
 
 
-def _check_channels(channels) -> tuple[int, ...]:
+def check_decoder_channels(channels) -> tuple[int, ...]:
+    """``channels`` as a tuple of 1 to 5 positive integers (one per decoder stage), else ParameterError."""
     if isinstance(channels, (str, bytes)) or not isinstance(channels, Sequence) or not 1 <= len(channels) <= 5:
         raise ParameterError(f"decoder_channels={channels!r}: expected 1 to 5 positive integers, "
                              "one per decoder stage, e.g. (256, 128, 64, 32, 16)")
@@ -89,7 +90,7 @@ def build_unet(encoder: str = "resnet18", num_classes: int = 4, init: str | os.P
     name = check_encoder_name(encoder)
     _check_int("num_classes", num_classes)
     _check_int("in_channels", in_channels)
-    decoder_channels = _check_channels(decoder_channels)
+    decoder_channels = check_decoder_channels(decoder_channels)
     options.setdefault("encoder_depth", len(decoder_channels))
     check_init(init, init_options.get("load_decoder", False))  # fail before building anything
     import segmentation_models_pytorch as smp

@@ -56,7 +56,7 @@ class _Common:
     run_dir: str | os.PathLike | None = None
 
     def _check_common(self) -> None:
-        from medssl_utils.models.unet import _check_channels, check_encoder_name
+        from medssl_utils.models.unet import check_decoder_channels, check_encoder_name
         from medssl_utils.params import check_field_types, check_int, check_number
 
         check_field_types(self)  # each field's annotation: the declaration of the notebooks' parameters
@@ -77,7 +77,7 @@ class _Common:
         if self.lr is not None:
             check_number("lr", self.lr, 0, None, low_open=True, what="a positive finite number or None (method default)")
         check_number("grad_clip", self.grad_clip, 0, None, what="a finite number >= 0 (0 disables clipping)")
-        self.decoder_channels = _check_channels(self.decoder_channels)
+        self.decoder_channels = check_decoder_channels(self.decoder_channels)
         if self.run_dir is None or not str(self.run_dir).strip():
             raise ParameterError("run_dir: expected a folder for this run's outputs")
 
