@@ -223,9 +223,9 @@ def _read_json(path: Path) -> tuple[dict | None, str | None]:
     """``(object, None)`` or ``(None, problem)`` for a missing / unreadable / non-object file."""
     from medssl_utils.rundir import read_json_object
 
-    if not path.is_file():
-        return None, f"{path.name} is missing"
     obj, why = read_json_object(path)
+    if obj is None and why is None:
+        why = "is missing"
     return obj, (f"{path.name} {why}" if why else None)
 
 

@@ -110,7 +110,7 @@ class RunDir:
         path = self.path / name
         obj, why = read_json_object(path)
         if why:
-            raise DataError(f"{path}: unreadable ({name} {why}); run_dir holds a damaged run: delete the file, "
+            raise DataError(f"{path}: unreadable (the file {why}); run_dir holds a damaged run: delete the file, "
                             "or set overwrite=True to run again")
         return obj
 

@@ -419,7 +419,7 @@ def test_a_notebook_run_dir_with_an_unreadable_result_is_not_silently_rerun(tmp_
     cfg = training.FinetuneConfig(labelled_slices=3, encoder="test_resnet", run_dir=str(tmp_path / "r"))
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "result.json").write_text('{"status": "comp')
-    with pytest.raises(DataError, match=r"r/result.json: unreadable \(result.json is not valid JSON \(JSONDecodeError: .*delete the file, or set "
+    with pytest.raises(DataError, match=r"r/result.json: unreadable \(the file is not valid JSON \(JSONDecodeError: .*delete the file, or set "
                                         r"overwrite=True"):
         loop.prepare_run(cfg, "finetune")
     assert (tmp_path / "r" / "result.json").read_text() == '{"status": "comp'

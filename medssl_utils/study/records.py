@@ -48,7 +48,7 @@ def load_result(run: Run) -> tuple[dict | None, str | None]:
     path = run.run_dir / "result.json"
     result, why = read_json_object(path)
     if why:
-        return None, f"{path}: unreadable (result.json {why}; truncated or damaged?)"
+        return None, f"{path}: unreadable (the file {why}; truncated or damaged?)"
     if result is None:
         return None, None
     if result.get("status") not in STATES or result.get("status") in ("pending", "unreadable"):
