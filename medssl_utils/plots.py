@@ -309,3 +309,30 @@ def run_summary(result: dict) -> str:
                if t.get("resumed_at_step") else "")
     return (f"{result['status']}: {result['lineage_name']} — {result['steps']} steps ({result['epochs']:.1f} epochs), "
             f"{duration(t.get('total_s', 0))} on {result.get('device')}{speed}{resumed}")
+
+
+def probe_summary(result: dict) -> str:
+    """What a run's dense probe and encoder shift say, in two lines (pretraining or fine-tuning result)."""
+    lines = []
+    probe = result.get("probe")
+    if probe:
+        first = probe.get("first") or {}
+        sd = probe.get("sd_over_seeds")
+        spread = f" (SD {sd:.3f} over {len(probe.get('per_seed', []))} probe seeds)" if sd is not None else ""
+        start = f"{first['dense_dice']:.3f} at step 0 → " if first.get("dense_dice") is not None else ""
+        lines.append(f"dense probe (validation Dice of a linear classifier on the frozen encoder, "
+                     f"{probe.get('train_slices')} labelled training slices): {start}{probe['dense_dice']:.3f} "
+                     f"at step {probe.get('step')}{spread}")
+    init = result.get("init_probe")
+    if init:
+        lines.append(f"dense probe of the starting encoder: validation Dice {init['dense_dice']:.3f} "
+                     f"({init['train_slices']} labelled training slices, seed {init['seed']})")
+    shift = result.get("encoder_shift")
+    if shift is not None:
+        lines.append(f"encoder shift from the start (median over convolutions of |W - W0| / |W0|): {shift:.3f}")
+    knn = result.get("knn") or {}
+    if knn.get("last") is not None:
+        lines.append(f"k-NN ({knn.get('by')}): {knn.get('first')} → {knn['last']} "
+                     f"(chance: majority {knn.get('chance_majority'):.3f}, class frequencies "
+                     f"{knn.get('chance_frequency'):.3f})")
+    return "\n".join(lines) or "no probe recorded"

@@ -396,6 +396,71 @@ def fig_hssl(hssl: pd.DataFrame) -> Figure | None:
     return fig
 
 
+def fig_probe(probes: pd.DataFrame) -> Figure | None:
+    """Dense-probe Dice of every init (mean and t 95 % CI over seeds), one panel per dataset."""
+    if probes is None or not len(probes):
+        return None
+    datasets = sorted(probes["dataset"].unique())
+    palette = _palette(probes["strategy"])
+    fig, axes = _figure(len(datasets), ncols=2, size=(5.0, 3.2))
+    for ax, dataset in zip(axes, datasets):
+        sub = probes[probes["dataset"] == dataset].sort_values("dense_dice_mean")
+        y = np.arange(len(sub))
+        lo = (sub["dense_dice_mean"] - sub["ci_low"]).to_numpy(float)
+        hi = (sub["ci_high"] - sub["dense_dice_mean"]).to_numpy(float)
+        ax.errorbar(sub["dense_dice_mean"], y, xerr=[np.nan_to_num(lo), np.nan_to_num(hi)], fmt="none", ecolor="0.4",
+                    capsize=2, lw=0.8)
+        ax.scatter(sub["dense_dice_mean"], y, c=[palette[s] for s in sub["strategy"]], zorder=3, s=22)
+        ax.set_yticks(y, [f"{s} (n={n})" for s, n in zip(sub["strategy"], sub["n"])], fontsize=7)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("dense probe: validation Dice")
+        ax.set_title(dataset, fontsize=8)
+        ax.grid(alpha=0.3, axis="x")
+    _title(fig, "What each init holds before fine-tuning: a linear per-pixel classifier on its frozen features",
+           "Point = mean over seeds of the fine-tuning runs' init probe (same labelled training slices per seed for "
+           "every init; validation patients' slices scored), bar = Student's t 95 % CI.")
+    return fig
+
+
+def fig_pretraining_length(probe_curve: pd.DataFrame, finetune_curve: pd.DataFrame) -> Figure | None:
+    """Pretraining-length curve: dense-probe Dice (left) and fine-tuned test Dice (right) against the
+    pretraining step of the checkpoint, per stage; bands / bars = t 95 % CI over seeds."""
+    have_ft = finetune_curve is not None and len(finetune_curve)
+    if probe_curve is None or not len(probe_curve):
+        return None
+    fig, axes = _figure(2 if have_ft else 1, ncols=2, size=(5.0, 3.3))
+    stages = sorted(set(probe_curve["stage"]) | (set(finetune_curve["stage"]) if have_ft else set()))
+    palette = _palette(stages)
+    for stage, g in probe_curve.groupby("stage"):
+        for dataset, d in g.groupby("dataset"):
+            d = d.sort_values("step")
+            label = stage if probe_curve["dataset"].nunique() == 1 else f"{stage} · {dataset}"
+            axes[0].plot(d["step"], d["probe_dice_mean"], marker="o", ms=3, color=palette[stage], label=label)
+            axes[0].fill_between(d["step"], d["ci_low"], d["ci_high"], color=palette[stage], alpha=0.15, lw=0)
+    axes[0].set_xlabel("pretraining step of the checkpoint")
+    axes[0].set_ylabel("dense probe: validation Dice")
+    axes[0].grid(alpha=0.3)
+    axes[0].set_title(f"probe · {_seeds(probe_curve['n'])} probe seeds per point", fontsize=8)
+    if have_ft:
+        styles = {b: m for b, m in zip(sorted(finetune_curve["budget"].unique()), "osD^v<>")}
+        for (stage, budget), d in finetune_curve.groupby(["stage", "budget"]):
+            d = d.sort_values("step")
+            err = [np.nan_to_num((d["test_dice_mean"] - d["ci_low"]).to_numpy(float)),
+                   np.nan_to_num((d["ci_high"] - d["test_dice_mean"]).to_numpy(float))]
+            axes[1].errorbar(d["step"], d["test_dice_mean"], yerr=err, marker=styles[budget], ms=4, capsize=2,
+                             color=palette[stage], label=f"{stage}, {budget}")
+        axes[1].set_xlabel("pretraining step of the checkpoint fine-tuned from")
+        axes[1].set_ylabel("fine-tuned test Dice")
+        axes[1].grid(alpha=0.3)
+        axes[1].set_title(f"fine-tuned · {_seeds(finetune_curve['n'])} seeds per point", fontsize=8)
+        axes[1].legend(fontsize=7, frameon=False)
+    axes[0].legend(fontsize=7, frameon=False)
+    _title(fig, "Pretraining length: what the checkpoints of one pretraining run hold, and what fine-tuning makes of it",
+           "Step 0 is the stage's start (random init or ImageNet: the fine-tuned point is that arm's runs); "
+           "mean over seeds with a Student's t 95 % interval.")
+    return fig
+
+
 # =============================================================================== captions
 MAX_CAPTION_ITEMS = 8
 CAVEAT = ("Numbers are mean ± SD over seeds with n stated; with few seeds, a difference smaller than the SDs is not "
@@ -517,7 +582,36 @@ class FigureSpec:
     empty: str
 
 
+def _caption_probe(an: R.Analysis) -> str:
+    p = an.probes
+    parts = ["Dense linear probe of the encoder each arm starts from (training.probe): BatchNorm statistics "
+             "recomputed on the probe's training slices, a per-pixel logistic regression on the frozen stage 1-5 "
+             "features upsampled to the image, validation Dice."]
+    for dataset, g in p.groupby("dataset"):
+        top = g.sort_values("dense_dice_mean").iloc[-1]
+        low = g.sort_values("dense_dice_mean").iloc[0]
+        parts.append(f"{dataset}: highest {top.strategy} {top.dense_dice_mean:.3f} [{top.ci_low:.3f}, "
+                     f"{top.ci_high:.3f}], lowest {low.strategy} {low.dense_dice_mean:.3f}.")
+    return " ".join(parts)
+
+
+def _caption_length(an: R.Analysis) -> str:
+    c = an.probe_curve
+    parts = []
+    for stage, g in c.groupby("stage"):
+        g = g.sort_values("step")
+        parts.append(f"{stage}: probe {g['probe_dice_mean'].iloc[0]:.3f} at step {int(g['step'].iloc[0])} → "
+                     f"{g['probe_dice_mean'].iloc[-1]:.3f} at step {int(g['step'].iloc[-1])}.")
+    return "Dense probe at every probed step of each pretraining run, and the test Dice of the runs fine-tuned " \
+           "from its checkpoints. " + " ".join(parts[:MAX_CAPTION_ITEMS])
+
+
 FIGURES = (
+    FigureSpec("probe", "Frozen-encoder probe: what each init holds", lambda a: fig_probe(a.probes), _caption_probe,
+               "no fine-tuning run recorded an init_probe (probe_init=False everywhere?)"),
+    FigureSpec("pretraining_length", "Pretraining length (claim A2, generalised)",
+               lambda a: fig_pretraining_length(a.probe_curve, a.finetune_curve), _caption_length,
+               "no pretraining run wrote probes.csv (probe_every=0?)"),
     FigureSpec("convergence", "Convergence (claim A1)", lambda a: fig_convergence(a.curves, a.steps),
                _caption_convergence, "no complete fine-tuning run has validation Dice in its history.csv"),
     FigureSpec("steps_to_target", "Steps to target and speed-up (claim A1)", lambda a: fig_steps_to_target(a.steps),
@@ -552,6 +646,35 @@ def display_tables(an: R.Analysis) -> dict[str, pd.DataFrame]:
     """Readable versions of the main tables (``mean ± SD (n)`` strings) for the HTML report."""
     s, e, f, h, p = an.steps, an.errors, an.fits, an.hssl, an.per_structure
     out = {}
+    if len(an.probes):
+        q = an.probes
+        out["Frozen-encoder probe per init"] = pd.DataFrame({
+            "dataset": q["dataset"], "strategy": q["strategy"], "init": q["lineage_name"],
+            "dense probe Dice [95% CI]": [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else _fmt(m)
+                                          for m, lo, hi in zip(q["dense_dice_mean"], q["ci_low"], q["ci_high"])],
+            "SD": q["dense_dice_sd"].map(_fmt), "seeds": q["n"]})
+    if len(an.shifts):
+        w = an.shifts
+        out["Encoder displacement"] = pd.DataFrame({
+            "dataset": w["dataset"], "budget": w["budget"], "strategy": w["strategy"],
+            "pretraining moved it": w["pretrain_shift"].map(_fmt),
+            "fine-tuning moved it": [_pm(m, d, n) for m, d, n in zip(w["finetune_shift_mean"], w["finetune_shift_sd"],
+                                                                     w["n"])]})
+    if len(an.probe_curve):
+        c = an.probe_curve
+        out["Pretraining length: dense probe per checkpoint"] = pd.DataFrame({
+            "stage": c["stage"], "dataset": c["dataset"], "step": c["step"].astype(int),
+            "epoch": c["epoch"].map(lambda v: _fmt(v, 2)),
+            "probe Dice [95% CI]": [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else _fmt(m)
+                                    for m, lo, hi in zip(c["probe_dice_mean"], c["ci_low"], c["ci_high"])],
+            "probe seeds": c["n"]})
+    if len(an.finetune_curve):
+        c = an.finetune_curve
+        out["Pretraining length: fine-tuned from each checkpoint"] = pd.DataFrame({
+            "stage": c["stage"], "budget": c["budget"], "step": c["step"].astype(int), "strategy": c["strategy"],
+            "test Dice [95% CI]": [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else _fmt(m)
+                                   for m, lo, hi in zip(c["test_dice_mean"], c["ci_low"], c["ci_high"])],
+            "seeds": c["n"]})
     if len(s):
         out["Steps to target (A1)"] = pd.DataFrame({
             "dataset": s["dataset"], "budget": s["budget"], "strategy": s["strategy"],
@@ -700,6 +823,41 @@ def _skipped_section(res: R.Results) -> str:
     return "\n".join(parts)
 
 
+def selection_display(selection: pd.DataFrame) -> pd.DataFrame:
+    """The selection table as people read it: one row per cell, the picked combination, every candidate."""
+    if not len(selection):
+        return selection
+    rows = []
+    for cell, g in selection.groupby(R.CELL, sort=False):
+        won = g[g["selected"]]
+        cands = "; ".join(f"{r.combo} {_fmt(r.val_dice_mean)}" + ("" if r.n_selection_runs else " (no run)")
+                          for r in g.sort_values("order").itertuples(index=False))
+        rows.append({"dataset": cell[0], "budget": cell[3], "strategy": cell[4],
+                     "picked": won["combo"].iloc[0] if len(won) else "–",
+                     "validation Dice": _fmt(won["val_dice_mean"].iloc[0]) if len(won) else "–",
+                     "tied with": won["tied_with"].iloc[0] if len(won) and won["tied_with"].iloc[0] else "",
+                     "every combination (mean validation Dice)": cands,
+                     "selection seeds": g["selection_seeds"].iloc[0],
+                     "grid complete": "yes" if g["grid_complete"].iloc[0] else "NO"})
+    return pd.DataFrame(rows)
+
+
+def _selection_section(an: R.Analysis) -> str:
+    sel = an.selection
+    if not len(sel):
+        return ("<p>No cell of this study sweeps fine-tuning parameters: each strategy ran with one setting, the "
+                "same for every arm.</p>")
+    n_cells = len(sel.groupby(R.CELL))
+    seeds = sorted(set(sel["selection_seeds"]))
+    return (f"<p class='small'>{n_cells} cells (dataset × budget × strategy) swept {sel['grid_size'].max()} "
+            f"combinations each. Rule: {html.escape(sel['rule'].iloc[0])}. The score is the final validation Dice "
+            f"(validation patients, never test ones) averaged over the selection seeds {', '.join(seeds)}; the picked "
+            "combination was then run at the remaining seeds, and every table and claim below uses only the picked "
+            "runs (all their seeds). Selection uses fewer seeds than the final runs where the study says so, so a "
+            "close pick can be luck; the table shows every candidate's score. <code>tables/selection.csv</code>.</p>"
+            + _html_table(selection_display(sel)))
+
+
 def claims_display(claims: pd.DataFrame) -> pd.DataFrame:
     """The claims table as people read it: claim, statement, quantity, effect [95 % CI], verdict, runs, note."""
     from medssl_utils.claims import format_effect
@@ -752,6 +910,7 @@ def render_html(an: R.Analysis, figs: dict[str, tuple[Figure | None, str]], pngs
             "structures and test volumes), strategy − random init, paired by seed, Student's t 95 % interval; "
             "<code>tables/effects_vs_scratch.csv</code>.</p>",
             _html_table(effects_display(an.effects)),
+            "<h2>Hyperparameter selection (validation data only)</h2>", _selection_section(an),
             "<h2>Data</h2>", _overview(an), "<h2>Definitions</h2>", _definitions(an), "<h2>Figures</h2>"]
     for k, (name, (fig, caption)) in enumerate(figs.items(), start=1):
         body.append(f"<h3>{html.escape(titles.get(name, name))}</h3>")
@@ -851,6 +1010,6 @@ def add_cli(subparsers) -> None:
     p.set_defaults(func=_cmd_report)
 
 
-__all__ = ["add_cli", "claims_display", "display_tables", "effects_display", "format_claims", "fig_convergence", "fig_error_vs_slices", "fig_hssl",
+__all__ = ["add_cli", "claims_display", "fig_pretraining_length", "fig_probe", "selection_display", "display_tables", "effects_display", "format_claims", "fig_convergence", "fig_error_vs_slices", "fig_hssl",
            "fig_per_structure", "fig_speedup_vs_epochs", "fig_steps_to_target", "figures", "hssl_wide",
            "render_html", "write_report"]

@@ -93,7 +93,9 @@ RUN_COLUMNS = [
     "run_id", "kind", "status", "error", "strategy", "lineage_name", "pretraining", "role", "pretrain_family",
     "pretrain_epochs", "init", "dataset", "budget_kind", "budget_value", "budget", "labelled_slices",
     "labelled_fraction", "seed", "steps", "epochs", "val_final_dice", "val_best_dice", "test_mean_dice",
-    "test_mean_iou", "test_work_a_iou", "total_s", "train_s", "eval_s", "images_per_s", "run_dir",
+    "test_mean_iou", "test_work_a_iou", "total_s", "train_s", "eval_s", "images_per_s",
+    "combo", "sweep", "grid", "selection_seeds", "encoder_shift", "init_probe_dice", "probe_dice", "probe_first_dice",
+    "stage", "stage_epoch", "run_dir",
 ]
 RUN_KEYS = ["run_id", "kind", "strategy", "dataset", "budget", "seed"]
 SKIPPED_COLUMNS = ["run_id", "kind", "strategy", "dataset", "budget", "seed", "reason", "run_dir"]
@@ -383,6 +385,10 @@ def _run_row(run_dir: Path, run_id: str, params: Mapping, result: Mapping | None
     timings = res.get("timings") if isinstance(res.get("timings"), Mapping) else {}
     slice_iou = test.get("slice_iou") if isinstance(test.get("slice_iou"), Mapping) else {}
     status = str(res.get("status") or "unknown") if result is not None else "unreadable"
+    init_probe = res.get("init_probe") if isinstance(res.get("init_probe"), Mapping) else {}
+    probe = res.get("probe") if isinstance(res.get("probe"), Mapping) else {}
+    first = probe.get("first") if isinstance(probe.get("first"), Mapping) else {}
+    stage, stage_epoch = _stage_checkpoint(init)
     return {
         "run_id": run_id, "kind": kind, "status": status, "error": res.get("error") or None,
         "strategy": strategy, "lineage_name": lineage_name, "pretraining": _pretraining(lineage, init),
@@ -398,8 +404,33 @@ def _run_row(run_dir: Path, run_id: str, params: Mapping, result: Mapping | None
         "test_mean_iou": _foreground_iou(slice_iou, test.get("per_label")),
         "test_work_a_iou": _num(slice_iou.get("work_a_mean_iou")),
         **{k: _num(timings.get(k)) for k in ("total_s", "train_s", "eval_s", "images_per_s")},
+        "combo": study.get("combo") or None,
+        "sweep": _json_text(study.get("sweep")) if study.get("sweep") else None,
+        "grid": _json_text(study.get("grid")) if study.get("grid") else None,
+        "selection_seeds": _json_text(study.get("selection_seeds")) if study.get("selection_seeds") else None,
+        "encoder_shift": _num(res.get("encoder_shift")), "init_probe_dice": _num(init_probe.get("dense_dice")),
+        "probe_dice": _num(probe.get("dense_dice")), "probe_first_dice": _num(first.get("dense_dice")),
+        "stage": stage, "stage_epoch": stage_epoch,
         "run_dir": str(run_dir),
     }
+
+
+def _json_text(value) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def _stage_checkpoint(init) -> tuple[str | None, float]:
+    """``(stage, epoch)`` of an init that is a study stage's checkpoint (``…/pretrain/<stage>/checkpoints/
+    epoch_<E>.pt`` or ``final.pt``, epoch NaN for final); ``(None, NaN)`` otherwise."""
+    if not isinstance(init, str) or not init.endswith(".pt"):
+        return None, math.nan
+    path = Path(init[5:] if init.startswith("file:") else init)
+    if path.parent.name != "checkpoints" or path.parent.parent.parent.name != "pretrain":
+        return None, math.nan
+    match = re.fullmatch(r"epoch_(\d+)\.pt", path.name)
+    return path.parent.parent.name, float(match[1]) if match else math.nan
 
 
 def _layout(run_dir: Path) -> tuple[str | None, str | None]:
@@ -408,6 +439,8 @@ def _layout(run_dir: Path) -> tuple[str | None, str | None]:
     parts = run_dir.resolve().parts
     if len(parts) >= 4 and parts[-4] == "finetune" and _SEED_DIR.fullmatch(parts[-1]):
         return "finetune", parts[-3]
+    if len(parts) >= 5 and parts[-5] == "finetune" and _SEED_DIR.fullmatch(parts[-1]):  # .../<budget>/<combo>/seedK
+        return "finetune", parts[-4]
     if len(parts) >= 2 and parts[-2] == "pretrain":
         return "pretrain", parts[-1]
     return None, None
@@ -887,10 +920,201 @@ def per_structure_table(runs: pd.DataFrame, test: pd.DataFrame, structures: pd.D
                              ascending=[True, False, True, True, True, True]).reset_index(drop=True)
 
 
+# =============================================================================== selection on validation
+SELECTION_COLUMNS = [*CELL, "combo", "order", "sweep", "selection_seeds", "n_selection_runs", "val_dice_mean",
+                     "selected", "tied_with", "grid_size", "grid_complete", "rule"]
+
+
+def _json_list(text) -> list:
+    import json
+
+    if not isinstance(text, str) or not text:
+        return []
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return []
+    return value if isinstance(value, list) else []
+
+
+def selection_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per swept cell (dataset, budget, strategy) and combination of its ``sweep``: the mean **validation**
+    Dice (``val_final_dice``) of its complete selection runs, and which combination won.
+
+    The winner is :func:`medssl_utils.selection.pick` of those means — the study runner's own rule and
+    function, so the report selects what the runner ran: the highest mean over the selection seeds,
+    compared at 3 decimals, ties to the combination listed first in the study file. Test metrics are
+    not an input. ``grid_complete`` is False when a combination of the cell's grid has no complete
+    selection run (then the winner is chosen among those that have one, and the table says so).
+    Cells without a sweep have no rows.
+    """
+    from medssl_utils import selection
+
+    ft = runs[(runs["kind"] == "finetune") & runs["combo"].notna()]
+    if not len(ft):
+        return _empty(SELECTION_COLUMNS)
+    rows = []
+    for cell, g in _by_cell(ft):
+        grid = next((x for x in (_json_list(t) for t in g["grid"]) if x), sorted(g["combo"].unique()))
+        seeds = next((x for x in (_json_list(t) for t in g["selection_seeds"]) if x), sorted(g["seed"].dropna()))
+        done = g[(g["status"] == "complete") & g["seed"].isin(seeds)]
+        cands = [{"combo": c, "order": i, "scores": list(done.loc[done["combo"] == c, "val_final_dice"])}
+                 for i, c in enumerate(grid)]
+        won = selection.pick(cands)
+        complete = all(len(c["scores"]) == len(seeds) for c in cands)
+        for i, c in enumerate(cands):
+            sweep = g.loc[g["combo"] == c["combo"], "sweep"]
+            rows.append(dict(zip(CELL, cell)) | {
+                "combo": c["combo"], "order": i, "sweep": sweep.iloc[0] if len(sweep) else None,
+                "selection_seeds": _json_text(seeds), "n_selection_runs": len(c["scores"]),
+                "val_dice_mean": selection.mean_score(c["scores"]), "selected": c["combo"] == won["combo"],
+                "tied_with": ", ".join(won["tied"]) if c["combo"] == won["combo"] and won["tied"] else None,
+                "grid_size": len(grid), "grid_complete": complete, "rule": won["rule"]})
+    return pd.DataFrame(rows, columns=SELECTION_COLUMNS)
+
+
+def selected_runs(runs: pd.DataFrame, selection: pd.DataFrame) -> pd.Series:
+    """True for the runs the analysis uses: every run without a sweep, and in a swept cell the runs
+    (every seed) of the combination :func:`selection_table` picked."""
+    keep = pd.Series(True, index=runs.index)
+    swept = (runs["kind"] == "finetune") & runs["combo"].notna()
+    if not swept.any():
+        return keep
+    won = selection[selection["selected"]][[*CELL, "combo"]].assign(_won=True)
+    merged = runs.loc[swept, [*CELL, "combo"]].reset_index().merge(won, on=[*CELL, "combo"], how="left")
+    keep.loc[merged["index"]] = merged["_won"].fillna(False).astype(bool).to_numpy()
+    return keep
+
+
+# =============================================================================== probes, encoder shift
+PROBE_COLUMNS = ["dataset", "strategy", "role", "lineage_name", "n", "dense_dice_mean", "dense_dice_sd", "ci_low",
+                 "ci_high", "source"]
+SHIFT_COLUMNS = ["dataset", "strategy", "budget_kind", "budget_value", "budget", "n", "finetune_shift_mean",
+                 "finetune_shift_sd", "pretrain_shift", "init_probe_dice_mean"]
+CURVE_COLUMNS = ["stage", "dataset", "step", "epoch", "n", "probe_dice_mean", "probe_dice_sd", "ci_low", "ci_high"]
+CURVE_FT_COLUMNS = ["stage", "dataset", "budget", "strategy", "step", "epoch", "n", "test_dice_mean", "test_dice_sd",
+                    "ci_low", "ci_high"]
+
+
+def _t_ci(values) -> tuple[float, float, float, float]:
+    """(mean, sd, low, high) with a Student's t 95 % interval (NaN bounds with fewer than 2 values)."""
+    from medssl_utils.claims import t_interval
+
+    values = [float(v) for v in values if np.isfinite(v)]
+    if not values:
+        return math.nan, math.nan, math.nan, math.nan
+    mean, low, high = t_interval(values)
+    return mean, _std(values), low, high
+
+
+def probe_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Dense-probe Dice of every init fine-tuned from, per (dataset, strategy): mean, SD and t 95 % CI over
+    seeds of the fine-tuning runs' ``init_probe`` (the probe of the starting encoder; seed = the run's
+    seed, so for random init each seed is another random encoder, for a checkpoint another draw of the
+    probe's training slices). One value per seed: the same init and seed give the same probe at every
+    budget and combination."""
+    ft = finetune_runs(runs)
+    ft = ft[ft["init_probe_dice"].notna()]
+    if not len(ft):
+        return _empty(PROBE_COLUMNS)
+    rows = []
+    for (dataset, strategy), g in ft.groupby(["dataset", "strategy"], sort=True):
+        per_seed = g.drop_duplicates("seed")
+        mean, sd, low, high = _t_ci(per_seed["init_probe_dice"])
+        rows.append({"dataset": dataset, "strategy": strategy, "role": g["role"].iloc[0],
+                     "lineage_name": g["lineage_name"].iloc[0], "n": len(per_seed), "dense_dice_mean": mean,
+                     "dense_dice_sd": sd, "ci_low": low, "ci_high": high, "source": "fine-tuning runs' init_probe"})
+    return pd.DataFrame(rows, columns=PROBE_COLUMNS)
+
+
+def encoder_shift_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """How far each arm's encoder moved: per (dataset, strategy, budget) the fine-tuning runs'
+    ``encoder_shift`` (median over conv weights of |W - W0| / |W0|, from the init), mean and SD over
+    seeds, beside the shift of the pretraining stage the init came from (from its own start)."""
+    ft = finetune_runs(runs)
+    ft = ft[ft["encoder_shift"].notna()]
+    if not len(ft):
+        return _empty(SHIFT_COLUMNS)
+    stages = runs[(runs["kind"] == "pretrain") & (runs["status"] == "complete")].set_index("strategy")["encoder_shift"]
+    rows = []
+    for (dataset, strategy, kind, value, budget), g in ft.groupby(
+            ["dataset", "strategy", "budget_kind", "budget_value", "budget"], sort=True):
+        stage = g["stage"].dropna()
+        rows.append({"dataset": dataset, "strategy": strategy, "budget_kind": kind, "budget_value": value,
+                     "budget": budget, "n": len(g), "finetune_shift_mean": _mean(g["encoder_shift"]),
+                     "finetune_shift_sd": _std(g["encoder_shift"]),
+                     "pretrain_shift": float(stages.get(stage.iloc[0], math.nan)) if len(stage) and
+                     stage.iloc[0] in stages.index else (0.0 if g["role"].iloc[0] in ("scratch", "imagenet")
+                                                        else math.nan),
+                     "init_probe_dice_mean": _mean(g.drop_duplicates("seed")["init_probe_dice"])})
+    table = pd.DataFrame(rows, columns=SHIFT_COLUMNS)
+    return table.sort_values(["dataset", "budget_kind", "budget_value", "strategy"],
+                             ascending=[True, False, True, True]).reset_index(drop=True)
+
+
+def read_probe_files(runs: pd.DataFrame) -> pd.DataFrame:
+    """The ``probes.csv`` rows of every complete pretraining run (``stage`` = its name), or an empty table."""
+    frames = []
+    for r in runs[(runs["kind"] == "pretrain") & (runs["status"] == "complete")].itertuples(index=False):
+        path = Path(r.run_dir) / "probes.csv"
+        table, why = _read_csv(path, ("step", "seed", "dataset", "dense_dice")) if path.is_file() else (None, None)
+        if table is not None:
+            frames.append(table.assign(stage=r.strategy))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["stage", "step", "seed",
+                                                                                      "dataset", "dense_dice"])
+
+
+def pretraining_curve(runs: pd.DataFrame, probes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The pretraining-length curve of every stage: (probe curve, fine-tuned curve).
+
+    Probe curve: per stage, dataset and probed step, the dense-probe Dice mean, SD and t 95 % CI over
+    the probe seeds (``probes.csv``). Fine-tuned curve: per stage, budget and checkpoint the runs were
+    fine-tuned from (``stage:NAME@E`` → epoch E; ``stage:NAME`` → the stage's last step; the stage's own
+    start — random init or ImageNet — at step 0 when an arm with that init exists), test Dice mean, SD
+    and t 95 % CI over seeds.
+    """
+    curve = []
+    for (stage, dataset, step), g in probes.groupby(["stage", "dataset", "step"], sort=True):
+        mean, sd, low, high = _t_ci(g.groupby("seed")["dense_dice"].mean())
+        curve.append({"stage": stage, "dataset": dataset, "step": step,
+                      "epoch": float(g["epoch"].iloc[0]) if "epoch" in g else math.nan,
+                      "n": g["seed"].nunique(), "probe_dice_mean": mean, "probe_dice_sd": sd, "ci_low": low,
+                      "ci_high": high})
+    pre = runs[(runs["kind"] == "pretrain") & (runs["status"] == "complete")].set_index("strategy")
+    ft = finetune_runs(runs)
+    rows = []
+    for stage, srow in pre.iterrows():
+        steps, epochs = srow["steps"], srow["epochs"]
+        per_epoch = steps / epochs if epochs and np.isfinite(epochs) and epochs > 0 else math.nan
+        mine = ft[ft["stage"] == stage].copy()
+        if not len(mine):
+            continue
+        mine["epoch"] = mine["stage_epoch"].fillna(epochs)
+        mine["step"] = (mine["epoch"] * per_epoch).round()
+        lineage = str(srow["lineage_name"] or "")
+        start_role = "imagenet" if lineage.startswith("ImageNet") else "scratch" if lineage.startswith("random") else None
+        dataset = mine["dataset"].iloc[0]
+        if start_role:
+            base = ft[(ft["role"] == start_role) & (ft["dataset"] == dataset)]
+            mine = pd.concat([mine, base.assign(epoch=0.0, step=0.0)])
+        for (budget, step), g in mine.groupby(["budget", "step"], sort=True):
+            mean, sd, low, high = _t_ci(g["test_mean_dice"])
+            rows.append({"stage": stage, "dataset": dataset, "budget": budget,
+                         "strategy": ", ".join(sorted(g["strategy"].unique())), "step": step,
+                         "epoch": g["epoch"].iloc[0], "n": len(g), "test_dice_mean": mean, "test_dice_sd": sd,
+                         "ci_low": low, "ci_high": high})
+    return pd.DataFrame(curve, columns=CURVE_COLUMNS), pd.DataFrame(rows, columns=CURVE_FT_COLUMNS)
+
+
 # =============================================================================== everything
 @dataclass
 class Analysis:
-    """Every derived table of one :class:`Results` (see the module docstring for definitions)."""
+    """Every derived table of one :class:`Results` (see the module docstring for definitions).
+
+    ``results`` holds the runs the tables use — every run, except that in a swept cell only the runs of
+    the combination picked on validation data are kept (:func:`selection_table`); ``gathered`` is
+    everything :func:`gather` found (``tables/runs.csv``, with a ``selected`` column).
+    """
 
     results: Results
     target: float
@@ -905,6 +1129,12 @@ class Analysis:
     curves: pd.DataFrame
     claims: pd.DataFrame = field(default_factory=pd.DataFrame)
     effects: pd.DataFrame = field(default_factory=pd.DataFrame)
+    gathered: Results | None = None
+    selection: pd.DataFrame = field(default_factory=lambda: _empty(SELECTION_COLUMNS))
+    probes: pd.DataFrame = field(default_factory=lambda: _empty(PROBE_COLUMNS))
+    shifts: pd.DataFrame = field(default_factory=lambda: _empty(SHIFT_COLUMNS))
+    probe_curve: pd.DataFrame = field(default_factory=lambda: _empty(CURVE_COLUMNS))
+    finetune_curve: pd.DataFrame = field(default_factory=lambda: _empty(CURVE_FT_COLUMNS))
 
     @property
     def reference_text(self) -> str:
@@ -916,7 +1146,12 @@ class Analysis:
     def tables(self) -> dict[str, pd.DataFrame]:
         """Name → table, as written to ``tables/<name>.csv``."""
         r = self.results
-        return {"claims": self.claims, "effects_vs_scratch": self.effects, "runs": r.runs, "steps_to_target": self.steps, "steps_to_target_runs": self.steps_runs,
+        every = self.gathered or r
+        runs = every.runs.assign(selected=every.runs["run_id"].isin(set(r.runs["run_id"])))
+        return {"claims": self.claims, "effects_vs_scratch": self.effects, "runs": runs,
+                "selection": self.selection, "probe": self.probes, "encoder_shift": self.shifts,
+                "pretraining_curve_probe": self.probe_curve, "pretraining_curve_finetune": self.finetune_curve,
+                "steps_to_target": self.steps, "steps_to_target_runs": self.steps_runs,
                 "speedup_vs_epochs": self.epochs, "error_vs_slices": self.errors, "power_law_fits": self.fits,
                 "hssl": self.hssl, "per_structure": self.per_structure, "references": self.references,
                 "skipped": r.skipped,
@@ -934,6 +1169,14 @@ def analyse(results: Results, target: float = 0.95, reference: str | None = None
         scratch: strategy the HSSL table's differences are relative to (default: random init).
     """
     target = check_target(target)
+    gathered = results
+    selection = selection_table(results.runs)
+    keep = selected_runs(results.runs, selection)
+    if not keep.all():  # only the picked combination of each swept cell enters the tables
+        ids = set(results.runs.loc[keep, "run_id"])
+        results = Results(runs=results.runs[keep].copy(), history=_only(results.history, ids),
+                          test=_only(results.test, ids), structures=_only(results.structures, ids),
+                          skipped=results.skipped, problems=results.problems, roots=results.roots)
     refs = choose_references(results.runs, reference)
     per_run = steps_to_target(results.runs, results.history, target)
     steps = steps_summary(per_run, refs)
@@ -943,9 +1186,15 @@ def analyse(results: Results, target: float = 0.95, reference: str | None = None
         epochs=speedup_vs_epochs(steps, results.runs), errors=errors, fits=power_law_fits(errors),
         hssl=hssl_table(results.runs, scratch),
         per_structure=per_structure_table(results.runs, results.test, results.structures),
-        curves=validation_curves(results.runs, results.history))
+        curves=validation_curves(results.runs, results.history), gathered=gathered, selection=selection,
+        probes=probe_table(results.runs), shifts=encoder_shift_table(results.runs))
+    an.probe_curve, an.finetune_curve = pretraining_curve(results.runs, read_probe_files(results.runs))
     from medssl_utils.claims import claims_table, effects_table
 
     an.claims = claims_table(an)
     an.effects = effects_table(an)
     return an
+
+
+def _only(table: pd.DataFrame, ids: set) -> pd.DataFrame:
+    return table[table["run_id"].isin(ids)].copy() if "run_id" in table.columns else table

@@ -73,7 +73,7 @@ def test_a_disagreeing_parameters_cell_is_detected(tmp_path):
     assert any("recalibrate_bm is in the parameters cell but not declared" in p for p in found)
 
     def bad_default(cell, _):
-        cell.source = cell.source.replace("knn_every = 1", "knn_every = -1")
+        cell.source = cell.source.replace("knn_every = 0", "knn_every = -1")
 
     found = params.cell_disagreements(_edited_copy(tmp_path, "01_pretrain", bad_default))
     assert found == ["01_pretrain.ipynb: the parameters cell's defaults fail the checks: knn_every=-1: "

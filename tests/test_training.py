@@ -22,14 +22,14 @@ DATA = "phantom:cardiac?cases=4"
 def pre(run_dir, **kw):
     args = dict(method="byol", datasets=[DATA], epochs=2, batch_size=48, max_steps=None, save_epochs=[1],
                 method_options=dict(hidden_dim=64, predictor_hidden_dim=64, projection_dim=16), optimizer="adamw",
-                knn_max_bank=64, knn_max_query=32, log_every=2, run_dir=str(run_dir), **TINY)
+                knn_max_bank=64, knn_max_query=32, log_every=2, run_dir=str(run_dir), probe_every=0, **TINY)
     args.update(kw)
     return training.pretrain(**args)
 
 
 def fin(run_dir, **kw):
     args = dict(dataset=DATA, init="random", labelled_slices=6, max_steps=8, eval_every=4, batch_size=4, lr=1e-3,
-                run_dir=str(run_dir), **TINY)
+                run_dir=str(run_dir), probe_init=False, **TINY)
     args.update(kw)
     return training.finetune(**args)
 
@@ -70,7 +70,7 @@ def test_lr_schedule():
 
 
 def test_pretrain_outputs_lineage_and_reuse(tmp_path):
-    r = pre(tmp_path / "p")
+    r = pre(tmp_path / "p", knn_every=1)
     assert r["status"] == "complete" and r["steps"] > 0
     ck = load_checkpoint(r["checkpoint"])
     assert ck["lineage"][-1]["method"] == "byol" and ck["lineage"][-1]["epochs"] == 2
@@ -103,7 +103,7 @@ def test_pretrain_throughput_counts_training_time_only(tmp_path, monkeypatch):
 
     monkeypatch.setattr(loop, "optimise", costs(loop.optimise, 1.0))
     monkeypatch.setattr(loop, "save_state", costs(loop.save_state, 100.0))
-    monkeypatch.setattr(knn, "knn_probe", costs(knn.knn_probe, 50.0))
+    monkeypatch.setattr(knn, "knn_evaluate", costs(knn.knn_evaluate, 50.0))
     r = pre(tmp_path / "p", batch_size=96, epochs=3, log_every=2, knn_every=1)
     n_steps = r["steps"]
     assert n_steps == 9  # windows 1-2, 3-4 (crosses the epoch end at 3), ..., 9 (short, last)

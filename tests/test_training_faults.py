@@ -22,7 +22,7 @@ SMALL_BYOL = dict(hidden_dim=64, predictor_hidden_dim=64, projection_dim=16)
 
 
 def pre(run_dir, **kw):
-    args = dict(method="byol", datasets=[DATA], epochs=1, batch_size=16, save_epochs=[], knn_every=0,
+    args = dict(method="byol", datasets=[DATA], epochs=1, batch_size=16, save_epochs=[], knn_every=0, probe_every=0,
                 method_options=SMALL_BYOL, optimizer="adamw", log_every=1, run_dir=str(run_dir), **TINY)
     args.update(kw)
     return training.pretrain(**args)
@@ -30,7 +30,7 @@ def pre(run_dir, **kw):
 
 def fin(run_dir, **kw):
     args = dict(dataset=DATA, init="random", labelled_slices=12, max_steps=8, eval_every=4, batch_size=4, lr=1e-2,
-                run_dir=str(run_dir), **TINY)
+                run_dir=str(run_dir), probe_init=False, **TINY)
     args.update(kw)
     return training.finetune(**args)
 
@@ -176,8 +176,8 @@ def test_non_finite_weights_fail_the_run(tmp_path, monkeypatch, kind):
     real = loop.optimise
     calls = {"n": 0}
 
-    def breaks_weights(fabric, model, optimizer, loss, grad_clip):
-        real(fabric, model, optimizer, loss, grad_clip)
+    def breaks_weights(fabric, model, optimizer, loss, grad_clip, **kw):
+        real(fabric, model, optimizer, loss, grad_clip, **kw)
         calls["n"] += 1
         if calls["n"] == 2:
             with torch.no_grad():

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from medssl_utils.errors import ParameterError
 
-__all__ = ["SSLAugment", "SegAugment"]
+__all__ = ["SSL_PRESETS", "SSLAugment", "SegAugment", "ssl_preset"]
 
 _EPS = 1e-6
 
@@ -315,15 +315,21 @@ class _Describe:
 class SSLAugment(_Describe):
     """Two-view augmentation for self-supervised pretraining on grayscale images.
 
-    Follows the BYOL / SimCLR recipe adapted to grayscale, intensity-normalised MR/CT:
-    random resized crop -> flips (-> optional rotation), then brightness/contrast jitter,
-    random gamma, Gaussian blur and additive noise. Colour (saturation, hue, grayscale)
-    and solarisation are left out: they have no meaning on one normalised channel.
+    The BYOL / SimCLR recipe adapted to grayscale, intensity-normalised MR/CT and to small
+    images: random resized crop -> flips (-> optional rotation), then brightness/contrast
+    jitter, random gamma, optional Gaussian blur and additive noise. Colour (saturation, hue,
+    grayscale) and solarisation are left out: they have no meaning on one normalised channel.
+
+    Defaults fit the small images of CPU studies (64 px) as well as 224 px ones: crop scale
+    (0.2, 1) and **no blur** — BYOL's blur (sigma up to 2 px on every first view) was made for
+    224 px photographs; at 64 px sigma 1 keeps 60 % and sigma 2 keeps 28 % of the contrast
+    between cardiac cavity and myocardium, teaching the encoder to ignore the boundary the
+    segmentation needs (solo-learn and lightly switch blur off for 32 px images). Named
+    settings: :data:`SSL_PRESETS` / :func:`ssl_preset` (``"byol"``: BYOL's blur with sigma
+    scaled to the image size; ``"work-a"``: Work A's crop, flip and brightness/contrast).
 
     Every ``*_p`` probability is either one number (both views) or a pair
-    ``(view1, view2)``. The default ``blur_p=(1.0, 0.1)`` is BYOL's asymmetric blur; use
-    ``blur_p=0.5`` for SimCLR's. The setup published for Work A (crop, flip,
-    brightness/contrast only) is ``SSLAugment(gamma_p=0, blur_p=0, noise_p=0)``.
+    ``(view1, view2)``; ``blur_p=(1.0, 0.1)`` is BYOL's asymmetric blur, ``blur_p=0.5`` SimCLR's.
 
     Random resized crop: a box of ``scale`` x the image area (uniform) and aspect ratio
     ``ratio`` (log-uniform, width/height in pixels) is placed uniformly inside the image
@@ -338,7 +344,7 @@ class SSLAugment(_Describe):
     """
 
     output_size: int | tuple[int, int] | None = _p(None, "(H, W) of each view; None = input size")
-    scale: tuple[float, float] = _p((0.08, 1.0), "crop area as a fraction of the image, in (0, 1]")
+    scale: tuple[float, float] = _p((0.2, 1.0), "crop area as a fraction of the image, in (0, 1]")
     ratio: tuple[float, float] = _p((3 / 4, 4 / 3), "crop aspect ratio w/h (log-uniform)")
     rotation: float = _p(0.0, "max |rotation| in degrees, in [0, 180]")
     hflip_p: float | tuple[float, float] = _p(0.5, "probability of a left-right flip")
@@ -348,7 +354,7 @@ class SSLAugment(_Describe):
     contrast: float = _p(0.4, "factor log-uniform in [1/(1+c), 1+c] about the image mean")
     gamma_p: float | tuple[float, float] = _p(0.5, "probability of a random gamma")
     gamma: tuple[float, float] = _p((0.7, 1.5), "gamma range (log-uniform) on min/max-scaled image")
-    blur_p: float | tuple[float, float] = _p((1.0, 0.1), "probability of Gaussian blur (BYOL: 1.0, 0.1)")
+    blur_p: float | tuple[float, float] = _p(0.0, "probability of Gaussian blur (BYOL: 1.0, 0.1)")
     blur_sigma: tuple[float, float] = _p((0.1, 2.0), "blur sigma range in output pixels")
     noise_p: float | tuple[float, float] = _p(0.2, "probability of additive Gaussian noise")
     noise_std: tuple[float, float] = _p((0.0, 0.1), "noise std range in input intensity units")
@@ -416,6 +422,40 @@ class SSLAugment(_Describe):
         probs = {k: getattr(self, k)[index] for k in ("jitter_p", "gamma_p", "blur_p", "noise_p")}
         x = _intensity(x, generator, self, probs)
         return _equalize(x, generator, self.equalize_p[index], self.gamma), theta
+
+
+#: Named SSLAugment settings (:func:`ssl_preset`); values override SSLAugment's defaults.
+SSL_PRESETS = {
+    # medssl's default: SSLAugment's own defaults (crop 0.2-1, flip, jitter, gamma, noise, no blur)
+    "medssl": {},
+    # BYOL (Grill et al. 2020) on one channel: crop 0.08-1, flip, jitter 0.8 (brightness/contrast 0.4),
+    # blur 1.0 / 0.1 with sigma 0.1-2.0 px at 256 px scaled to the image (0.025-0.5 px at 64 px)
+    "byol": {"scale": (0.08, 1.0), "jitter_p": 0.8, "brightness": 0.4, "contrast": 0.4, "gamma_p": 0.0,
+             "blur_p": (1.0, 0.1), "blur_sigma": (0.1, 2.0), "noise_p": 0.0},
+    # Work A (SSL-MedSeg configs/augmentations/acdc.yaml): crop 0.08-1, flip 0.5, jitter 0.8 with
+    # brightness and contrast 0.2, no blur, no solarisation (saturation / hue / grayscale: no meaning here)
+    "work-a": {"scale": (0.08, 1.0), "hflip_p": 0.5, "jitter_p": 0.8, "brightness": 0.2, "contrast": 0.2,
+               "gamma_p": 0.0, "blur_p": 0.0, "noise_p": 0.0},
+}
+
+
+def ssl_preset(name: str, image_size: int) -> dict:
+    """The keyword arguments of SSLAugment for the named preset (:data:`SSL_PRESETS`) at ``image_size``.
+
+    Blur sigmas are given for 256 px and scaled by ``image_size / 256`` (BYOL's sigma range
+    (0.1, 2.0) at 224-256 px crops becomes (0.025, 0.5) at 64 px).
+    """
+    if name not in SSL_PRESETS:
+        from medssl_utils.errors import close_matches
+
+        close = close_matches(str(name), SSL_PRESETS)
+        raise ParameterError(f"augment_preset={name!r}: expected one of {list(SSL_PRESETS)}"
+                             + (f"; did you mean {close[0]}?" if close else ""))
+    out = dict(SSL_PRESETS[name])
+    if "blur_sigma" in out:
+        lo, hi = out["blur_sigma"]
+        out["blur_sigma"] = (lo * image_size / 256, hi * image_size / 256)
+    return out
 
 
 # --------------------------------------------------------------------------- segmentation

@@ -65,6 +65,7 @@ from lightly.models.modules import SimCLRProjectionHead
 from torch import nn
 
 from medssl_utils.errors import ParameterError
+from medssl_utils.models.unet import standardize_images
 from medssl_utils.models.ssl_common import (
     check_dim,
     check_features,
@@ -112,10 +113,10 @@ def _decoder_channels(unet: nn.Module) -> int:
 
 
 def standardize_views(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Each image of ``x`` (B, C, H, W) z-scored by its own mean and standard deviation."""
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    std = x.std(dim=(1, 2, 3), keepdim=True, unbiased=False)
-    return (x - mean) / (std + eps)
+    """Each image of ``x`` (B, C, H, W) z-scored by its own mean and standard deviation
+    (:func:`medssl_utils.models.unet.standardize_images`, which fine-tuning applies with
+    ``input_norm="image"``)."""
+    return standardize_images(x, eps)
 
 
 def corresponding_points(theta1: torch.Tensor, theta2: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor,
@@ -200,6 +201,7 @@ class HSSL(nn.Module):
         self.encoder = unet.encoder
         self.feature_dim = check_dim("feature_dim", int(unet.encoder.out_channels[-1]))
         dims = {"encoder": self.feature_dim}
+        self.pretrain_decoder = bool(pretrain_decoder)  # the training loop saves the decoder only when True
         if pretrain_decoder:
             self.decoder = unet.decoder
             self.decoder_dim = check_dim("decoder_dim", decoder_dim if decoder_dim is not None

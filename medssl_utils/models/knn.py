@@ -12,6 +12,20 @@ as used by DINO).
 - :func:`embed_dataset`: embeddings and integer tags of a dataset, batched, eval mode, no grad.
 - :func:`position_bins`, :func:`dataset_labels`: labels for the probe.
 - :func:`knn_probe`: the three together, one call per evaluation.
+- :func:`knn_evaluate`: what the training loop logs — BatchNorm statistics recomputed on the
+  bank first, the accuracy, and both chance levels of the same bank and query.
+
+Chance levels. Slice-position classes are not balanced (the middle bin of a short-axis stack
+holds more slices), so "1/3" is not what an uninformative representation scores: always
+guessing the bank's majority class scores the query's share of that class
+(``chance_majority``), and guessing at random with the bank's class frequencies scores
+``sum_c p_bank(c) p_query(c)`` (``chance_frequency``). A k-NN accuracy between or near these two
+says nothing about the representation.
+
+BatchNorm. A network's running statistics may not describe the images at hand — a fresh
+random encoder's are the defaults (mean 0, variance 1), which collapses its features onto
+nearly one direction. :func:`knn_evaluate` therefore recomputes them on the bank (training
+images) for the current weights, at every evaluation including step 0, and puts them back.
 """
 
 from __future__ import annotations
@@ -24,7 +38,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from medssl_utils.errors import ParameterError
 
-__all__ = ["LABELS", "dataset_labels", "embed_dataset", "knn_accuracy", "knn_probe", "position_bins"]
+__all__ = ["LABELS", "chance_levels", "dataset_labels", "embed_dataset", "knn_accuracy", "knn_evaluate",
+           "knn_probe", "position_bins"]
 
 LABELS = ("position", "domain", "task", "group")
 
@@ -173,3 +188,41 @@ def knn_probe(model: nn.Module, bank: Dataset, query: Dataset, by: str = "positi
     query_emb, query_tags = embed_dataset(model, query, batch_size=batch_size, device=device)
     return knn_accuracy(bank_emb, dataset_labels(bank, by, bank_tags), query_emb,
                         dataset_labels(query, by, query_tags), k=k, temperature=temperature)
+
+
+def chance_levels(bank_labels, query_labels) -> dict[str, float]:
+    """``{"chance_majority", "chance_frequency"}`` of a classifier that ignores the images: always the
+    bank's most frequent class, or a random class with the bank's frequencies, scored on the query."""
+    bank = torch.as_tensor(bank_labels).long()
+    query = torch.as_tensor(query_labels).long()
+    n = int(max(bank.max(), query.max())) + 1
+    p_bank = torch.bincount(bank, minlength=n).double() / len(bank)
+    p_query = torch.bincount(query, minlength=n).double() / len(query)
+    return {"chance_majority": float(p_query[int(p_bank.argmax())]),
+            "chance_frequency": float((p_bank * p_query).sum())}
+
+
+def knn_evaluate(model: nn.Module, bank: Dataset, query: Dataset, by: str = "position", k: int = 20,
+                 temperature: float = 0.07, batch_size: int = 256, device=None) -> dict[str, float]:
+    """:func:`knn_probe` with ``model.encoder``'s BatchNorm statistics recomputed on the bank first,
+    and the chance levels (:func:`chance_levels`): ``{"acc", "chance_majority", "chance_frequency"}``.
+
+    ``model`` is an SSL method (``embed`` and ``encoder``); the statistics are recomputed through
+    ``model.embed`` (so a method that transforms its input, as HSSL's standardisation does, is
+    recalibrated on what its encoder sees) and restored afterwards.
+    """
+    from medssl_utils.models.batchnorm import recomputed_bn
+
+    if by not in LABELS:
+        raise ParameterError(f"by={by!r} is not allowed; expected one of {list(LABELS)}")
+    encoder = getattr(model, "encoder", model)
+    if device is None:
+        param = next(iter(model.parameters()), None)
+        device = param.device if param is not None else torch.device("cpu")
+    batches = (b["image"].to(device) for b in DataLoader(bank, batch_size=batch_size, shuffle=False))
+    with recomputed_bn(encoder, batches, forward=model.embed):
+        bank_emb, bank_tags = embed_dataset(model, bank, batch_size=batch_size, device=device)
+        query_emb, query_tags = embed_dataset(model, query, batch_size=batch_size, device=device)
+    bank_labels, query_labels = dataset_labels(bank, by, bank_tags), dataset_labels(query, by, query_tags)
+    acc = knn_accuracy(bank_emb, bank_labels, query_emb, query_labels, k=k, temperature=temperature)
+    return {"acc": acc, **chance_levels(bank_labels, query_labels)}

@@ -14,6 +14,7 @@ import difflib
 import os
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from medssl_utils.errors import ParameterError
@@ -129,3 +130,46 @@ def build_encoder(encoder: str = "resnet18", init: str | os.PathLike = "random",
         raise ParameterError(f"build_encoder(encoder={encoder!r}, depth={depth}, options={options}): {e}") from e
     load_encoder_init(enc, init, weights_key=weights_key, min_match=min_match)
     return enc
+
+
+def standardize_images(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Each image of ``x`` (B, C, H, W) z-scored by its own mean and standard deviation."""
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    std = x.std(dim=(1, 2, 3), keepdim=True, unbiased=False)
+    return (x - mean) / (std + eps)
+
+
+class PerImageNorm(nn.Module):
+    """A segmentation model whose every input image is first z-scored by itself
+    (:func:`standardize_images`): ``input_norm="image"`` of fine-tuning, matching an encoder
+    pretrained on per-image standardised views (HSSL's ``standardize=True``).
+
+    ``.model`` is the wrapped model; ``.encoder`` / ``.decoder`` are its parts.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.model.encoder
+
+    @property
+    def decoder(self) -> nn.Module:
+        return self.model.decoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(standardize_images(x))
+
+
+def pretraining_input(lineage) -> str | None:
+    """What the last pretraining stage of ``lineage`` fed its encoder: ``"image"`` (per-image
+    z-scored views) or ``"volume"`` (slices as cached); None when the lineage has no pretraining
+    stage (random, ImageNet, a foreign file). HSSL checkpoints written before the stage recorded
+    ``input_norm`` standardised their views (``standardize=True`` was HSSL's default)."""
+    stages = [s for s in lineage or [] if str(s.get("method", "")).lower() not in ("random", "timm", "file")]
+    if not stages:
+        return None
+    last = stages[-1]
+    return last.get("input_norm") or ("image" if str(last.get("method")).lower() == "hssl" else "volume")

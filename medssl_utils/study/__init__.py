@@ -68,9 +68,46 @@ override the grid's; strategies are merged by name, ``null`` drops one)::
         prostate: {dataset: "phantom:prostate-mr", strategies: {single-domain: "stage:ssl-prostate"}}
 
 Parameters merge in this order (later wins): ``defaults``, ``pretrain.params`` / ``finetune.params``,
-the task's ``params``, the stage / strategy. The runner sets ``run_dir``, ``init`` (resolved),
-and for fine-tuning ``dataset``, ``seed`` and both ``labelled_slices`` and ``labelled_fraction``
-(the unused one ``None``); setting those elsewhere is an error.
+the task's ``params``, the stage / strategy, then the run's ``sweep`` values (below). The runner sets
+``run_dir``, ``init`` (resolved), and for fine-tuning ``dataset``, ``seed`` and both
+``labelled_slices`` and ``labelled_fraction`` (the unused one ``None``); setting those elsewhere is an
+error.
+
+Hyperparameter sweeps with selection on validation data: ``sweep`` maps fine-tuning notebook
+parameters to non-empty lists of values; every combination (the product of the lists) is one
+*arm* of the cell (task, strategy, budget)::
+
+    finetune:
+      sweep: {lr: [1.0e-2, 3.0e-3], encoder_lr_scale: [1.0, 0.1]}  # every strategy (of every task)
+      selection_seeds: [0]           # optional; default: every seed of the cell
+      seeds: [0, 1, 2]
+      strategies:
+        random: random
+        byol: {init: "stage:byol", sweep: {freeze_encoder_steps: [0, 50]}}  # adds a key for this arm
+      tasks:                         # (with tasks) a task may give its own sweep / selection_seeds too
+
+- Levels: ``finetune.sweep``, ``finetune.tasks.<task>.sweep`` and a strategy mapping's ``sweep``;
+  a lower level adds keys, and a key given again replaces that key's list for that task / arm.
+  The grid is the product of the merged lists: keys in the order they first appear (higher level
+  first), values in the order written, the first key varying slowest. **List the simplest (default)
+  value of each axis first**: ties go to the combination listed first.
+- A sweep must be a mapping; each value a non-empty list without repeats of numbers, true / false,
+  null or folder-safe strings (letters, digits, ``. _ - @``); keys are notebook parameters (checked
+  like any parameter, errors name e.g. ``finetune.strategies.byol.sweep.lr``), not runner-owned
+  ones nor ``slurm``. A key also set as a plain parameter is fine: the sweep's value wins.
+- ``selection_seeds`` (grid, task or strategy level, later wins; a list or a count like ``seeds``)
+  must be a non-empty subset of the cell's seeds. Every combination runs at every selection seed
+  (*selection runs*); the other seeds (*conditional runs*) run only for the combination with the
+  highest mean validation Dice (``val_final_dice`` of ``result.json``) over the selection seeds,
+  compared to 3 decimals, ties to the combination listed first (:mod:`medssl_utils.selection`;
+  test metrics are never read). The losers' conditional runs are ``not selected``: nothing is
+  executed or written for them. With the default (every seed selects) all combinations run at all
+  seeds and the analysis applies the same rule.
+- Folders and ids: a swept cell's runs live in ``<strategy>/<budget>/<combo>/seed<k>`` (run id
+  ``[<task>/]finetune/<strategy>/<budget>/<combo>/seed<k>``); ``<combo>`` is
+  ``key-value+key-value`` in grid order (``lr-0.01+encoder_lr_scale-1``: ``1.0e-3`` -> ``0.001``,
+  ``1.0`` -> ``1``, ``True`` -> ``true``; two values giving one label, such as ``1`` and ``1.0``, are an
+  error). A cell without a sweep keeps ``<strategy>/<budget>/seed<k>``.
 
 SLURM resources (used by ``--executor slurm`` only, validated always) go in ``slurm`` sections:
 at the top level, in ``pretrain`` / ``finetune`` / a task, and in a stage or strategy mapping;
@@ -91,11 +128,14 @@ N tasks (and N GPUs when it has GPUs).
 Run directories
 ---------------
 ``<results>/pretrain/<stage>/`` and ``<results>/finetune/<strategy>/<budget>/seed<k>/``
-(``<results>/<task>/finetune/...`` with tasks); ``<budget>`` is ``n16`` (16 labelled slices),
-``all`` or ``f0.05`` (5% of labels). Each holds the notebook's files, ``notebook.ipynb`` (the
-executed copy, saved after every cell), ``study.json`` (which study, stage / strategy, task,
-budget, seed and init as written made this run) and ``kernel.log`` (the kernel process's own
-stdout / stderr, e.g. start-up warnings; cell output stays in the notebook).
+(``<results>/<task>/finetune/...`` with tasks; ``.../<budget>/<combo>/seed<k>/`` in a swept cell);
+``<budget>`` is ``n16`` (16 labelled slices), ``all`` or ``f0.05`` (5% of labels). Each holds the
+notebook's files, ``notebook.ipynb`` (the executed copy, saved after every cell), ``study.json``
+(which study, stage / strategy, task, budget, seed and init as written made this run; for
+fine-tuning also ``combo``, ``sweep`` — this run's values —, ``grid`` — the cell's combination
+labels in study order —, ``selection_seeds`` and ``seeds`` — the cell's —, with ``null`` / ``{}`` /
+``[]`` without a sweep) and ``kernel.log`` (the kernel process's own stdout / stderr, e.g.
+start-up warnings; cell output stays in the notebook).
 
 Runner behaviour
 ----------------
@@ -121,8 +161,18 @@ Runner behaviour
   ``max_jobs`` at once, and waits for them; Ctrl-C leaves the jobs queued / running and the
   next ``run`` adopts them instead of submitting them again.
 - Executed notebooks run with the run directory as working directory.
+- Sweeps: a conditional run waits until every selection run of its cell has an outcome. If one
+  is not complete (failed, skipped, ...) the conditional run is ``skipped`` with ``selection of
+  <cell> incomplete: <run> is <state>`` and nothing is written into its folder (the next ``run``
+  retries the selection run, then decides); a loser is ``not selected``; the winner runs like any
+  run. The result does not depend on ``workers``; with ``force`` the selection runs re-run first and
+  the conditional runs follow the new selection. The dry run shows ``after selection`` for a
+  conditional run whose selection is not complete yet (else what the run would do), and ``status``
+  shows ``awaits selection`` / ``not selected`` for conditional runs without a ``result.json``.
+  After a run or dry run one line per swept cell gives its selection (or ``not yet selected``).
 - One progress bar counts runs (one HTML output in Jupyter, tqdm in a terminal, a few plain
-  lines in a log); the summary printed at the end counts done / already complete / skipped / failed,
+  lines in a log); the summary printed at the end counts done / already complete / skipped / failed
+  (and not selected, in a swept study),
   gives the training share (``timings.train_s`` of the runs executed now over their notebooks'
   wall time), groups skipped runs by reason and lists each failed run's folder and error.
 
@@ -135,12 +185,13 @@ from medssl_utils.study.checks import blocked_runs, check_parameters, preflight_
 from medssl_utils.study.cli import add_cli, format_plan, format_status, format_summary
 from medssl_utils.study.local import Executor, LocalExecutor, PapermillExecutor, execute_run
 from medssl_utils.study.records import STATES, Outcome, read_state
-from medssl_utils.study.runner import RunExecutor, StudySummary, make_executor, run_study, skip_run, study_status
+from medssl_utils.study.runner import (CellSelection, RunExecutor, StudySummary, cell_selections, make_executor,
+                                       run_study, select_cell, skip_run, study_status)
 from medssl_utils.study.slurm import RESOURCE_KEYS, SlurmExecutor
 from medssl_utils.study.spec import Run, Study, execution_order, load_study
 
-__all__ = ["RESOURCE_KEYS", "STATES", "Executor", "LocalExecutor", "Outcome", "PapermillExecutor", "Run",
-           "RunExecutor", "SlurmExecutor", "Study", "StudySummary", "add_cli", "blocked_runs", "check_parameters",
-           "execute_run",
+__all__ = ["RESOURCE_KEYS", "STATES", "CellSelection", "Executor", "LocalExecutor", "Outcome", "PapermillExecutor",
+           "Run", "RunExecutor", "SlurmExecutor", "Study", "StudySummary", "add_cli", "blocked_runs",
+           "cell_selections", "check_parameters", "execute_run", "select_cell",
            "execution_order", "format_plan", "format_status", "format_summary", "load_study", "make_executor",
            "preflight_problems", "read_state", "run_study", "skip_run", "study_status", "timm_weights_available"]

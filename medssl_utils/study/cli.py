@@ -11,8 +11,10 @@ from medssl_utils.study.runner import EXECUTORS, StudySummary, run_study, study_
 from medssl_utils.study.slurm import RESOURCE_KEYS
 from medssl_utils.study.spec import load_study
 
-STATUS_STATES = ("complete", "failed", "skipped", "unreadable", "queued", "running", "pending")
-assert set(STATES) <= set(STATUS_STATES)
+#: States ``study status`` shows: result.json's (:data:`STATES`), SLURM's, and a sweep's conditional runs'.
+SELECTION_STATES = ("awaits selection", "not selected")
+STATUS_STATES = ("complete", "failed", "skipped", "unreadable", "queued", "running", "pending", *SELECTION_STATES)
+assert set(STATES) <= set(STATUS_STATES) and not set(SELECTION_STATES) & set(STATES)
 
 
 # ============================================================================ run summary and plan
@@ -35,7 +37,8 @@ def format_summary(summary: StudySummary) -> str:
     c = summary.counts
     lines = [f"study {summary.study.name}: {len(summary.outcomes)} runs in {summary.seconds:.0f} s "
              f"({summary.executor} executor); results in {summary.study.results_dir}"]
-    for key in ("done", "already complete", "skipped", "failed"):
+    swept = _swept(summary)
+    for key in ("done", "already complete", "skipped", "failed", *(("not selected",) if swept else ())):
         lines.append(f"  {key:<17s}{c.get(key, 0):>5d}")
     share = summary.training_share
     if share is not None:
@@ -55,7 +58,32 @@ def format_summary(summary: StudySummary) -> str:
             lines.append(f"      {o.error}")
         lines.append("(each failed run's notebook.ipynb shows the cell that failed; run the study again to "
                      "retry failed runs)")
+    lines += format_selections(summary.selections)
     return "\n".join(lines)
+
+
+def _swept(summary: StudySummary) -> bool:
+    return any(o.run.combo is not None for o in summary.outcomes)
+
+
+def format_selections(selections) -> list[str]:
+    """One line per swept cell: its selected combination, or why there is none yet."""
+    lines = []
+    for s in selections:
+        n = len(s.grid)
+        combos = f"{n} combination{'s' if n != 1 else ''}"
+        if s.winner is not None:
+            tied = s.pick["tied"]
+            tie = f"; tied with {', '.join(tied)}: the first listed wins" if tied else ""
+            lines.append(f"selected {s.cell}: {s.winner} (val Dice {s.pick['score']:.3f} over seeds "
+                         f"{list(s.seeds)}; {combos}{tie})")
+        elif s.decided:
+            lines.append(f"no selection for {s.cell}: none of its {len(s.runs)} selection runs has a validation "
+                         f"Dice ({combos})")
+        else:
+            lines.append(f"not yet selected {s.cell} ({s.complete} of {len(s.runs)} selection runs complete over "
+                         f"seeds {list(s.seeds)}; {combos})")
+    return lines
 
 
 def format_plan(summary: StudySummary, problems: list[str] = (), extra: list[str] = ()) -> str:
@@ -76,8 +104,11 @@ def format_plan(summary: StudySummary, problems: list[str] = (), extra: list[str
         lines.append(line)
     c = summary.counts
     lines.append(f"would run {c.get('would run', 0)}, already complete {c.get('already complete', 0)}, "
-                 f"would skip {c.get('would skip', 0)}")
+                 f"would skip {c.get('would skip', 0)}"
+                 + (f", not selected {c.get('not selected', 0)}, after selection {c.get('after selection', 0)} "
+                    "(would run if its combination wins on validation)" if _swept(summary) else ""))
     lines += [f"reason {n}: {text}" for text, n in reasons.items()]
+    lines += format_selections(summary.selections)
     lines += list(extra)
     lines += [f"warning: {p}" for p in problems]
     return "\n".join(lines)
@@ -92,14 +123,17 @@ def _relative(path: str, root: Path) -> str:
 
 # ============================================================================ status
 def format_status(rows: list[dict], study_name: str = "", every_run: bool = False) -> str:
-    """Counts per state, then per stage / strategy; queued and running SLURM jobs with their ids;
-    failed and skipped runs with their errors."""
+    """Counts per state (a swept study's also ``awaits selection`` / ``not selected``), then per
+    stage / strategy; queued and running SLURM jobs with their ids; failed and skipped runs with
+    their errors."""
     counts = Counter(r["state"] for r in rows)
-    shown_states = [s for s in STATUS_STATES if s not in ("queued", "unreadable") or counts.get(s)]
+    swept = any(r.get("combo") for r in rows)
+    optional = ("queued", "unreadable") + (() if swept else SELECTION_STATES)
+    shown_states = [s for s in STATUS_STATES if s not in optional or counts.get(s)]
     lines = [f"study {study_name}: {len(rows)} runs: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in shown_states)]
     groups: dict[str, Counter] = {}
     for r in rows:
-        key = r["run_id"] if r["kind"] == "pretrain" else r["run_id"].rsplit("/", 2)[0]
+        key = r["run_id"] if r["kind"] == "pretrain" else r["run_id"].rsplit("/", 3 if r.get("combo") else 2)[0]
         groups.setdefault(key, Counter())[r["state"]] += 1
     width = max(len(k) for k in groups)
     for key, c in groups.items():

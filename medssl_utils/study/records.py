@@ -16,8 +16,10 @@ STATES = ("complete", "failed", "skipped", "running", "pending", "unreadable")
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to one run: ``done``, ``already complete``, ``skipped``, ``failed``
-    (dry run: ``would run``, ``already complete``, ``would skip``).
+    """What happened to one run: ``done``, ``already complete``, ``skipped``, ``failed``,
+    ``not selected`` (a conditional run of a sweep whose combination lost the selection: nothing
+    executed or written) (dry run: ``would run``, ``already complete``, ``would skip``, ``not
+    selected``, ``after selection`` — would run if its combination wins on validation).
 
     ``seconds``: the wall time of the notebook execution as the executor measured it (0 when
     nothing was executed); ``train_s``: ``timings.train_s`` of the run's ``result.json`` after an
@@ -82,13 +84,29 @@ def _meta(run: Run) -> dict:
     return {"kind": run.kind, "init": run.params["init"], **{k: run.params.get(k) for k in keys}}
 
 
+def cell_seeds(study: Study, run: Run) -> list[int]:
+    """The seeds of the run's cell (task, strategy, budget) in the study's order (``[run.seed]`` if it has no cell)."""
+    seeds: list[int] = []
+    for r in study.runs:
+        if r.kind == run.kind and r.cell == run.cell and r.seed not in seeds:
+            seeds.append(r.seed)
+    return seeds or [run.seed]
+
+
 def write_study_json(study: Study, run: Run) -> None:
+    """``study.json``: which study, stage / strategy, task, budget, seed and init made this run; for
+    fine-tuning also its sweep combination (``combo``, ``sweep``: its values; None / {} without a
+    sweep), the cell's ``grid`` (combination labels in study order), ``selection_seeds`` and ``seeds``,
+    from which the analysis recomputes the selection (:mod:`medssl_utils.selection`)."""
     from medssl_utils.rundir import write_json
 
-    write_json(run.run_dir / "study.json", {
-        "study": study.name, "study_file": str(study.path), "run_id": run.id, "kind": run.kind,
-        "stage" if run.kind == "pretrain" else "strategy": run.name, "task": run.task, "budget": run.budget,
-        "seed": run.seed, "init": run.init, "depends_on": list(run.deps)})
+    doc = {"study": study.name, "study_file": str(study.path), "run_id": run.id, "kind": run.kind,
+           "stage" if run.kind == "pretrain" else "strategy": run.name, "task": run.task, "budget": run.budget,
+           "seed": run.seed, "init": run.init, "depends_on": list(run.deps)}
+    if run.kind == "finetune":
+        doc.update({"combo": run.combo, "sweep": dict(run.sweep), "grid": list(run.grid),
+                    "selection_seeds": list(run.selection_seeds), "seeds": cell_seeds(study, run)})
+    write_json(run.run_dir / "study.json", doc)
 
 
 def write_result(run: Run, result: dict) -> None:

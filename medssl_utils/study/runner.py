@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from medssl_utils import selection as selection_rule
 from medssl_utils.errors import MedsslError, ParameterError
 from medssl_utils.study.checks import blocked_runs, check_parameters, preflight_problems
 from medssl_utils.study.local import Executor, LocalExecutor
-from medssl_utils.study.records import Outcome, read_state, training_seconds, write_result, write_study_json
+from medssl_utils.study.records import (Outcome, read_result, read_state, training_seconds, write_result,
+                                        write_study_json)
 from medssl_utils.study.spec import Run, Study, execution_order, load_study
 
 EXECUTORS = ("local", "slurm")
@@ -62,6 +64,7 @@ class StudySummary:
     seconds: float = 0.0
     executor: str = "local"
     kernels: str = ""  # local executor: warm kernels on / off / failed, and the zygote's start time
+    selections: list[CellSelection] = field(default_factory=list)  # one per swept cell, in study order
 
     @property
     def counts(self) -> Counter:
@@ -97,6 +100,111 @@ class StudySummary:
         from medssl_utils.study.cli import format_summary
 
         return format_summary(self)
+
+
+@dataclass(frozen=True)
+class CellSelection:
+    """The hyperparameter selection of one swept cell (task, strategy, budget), from its selection runs.
+
+    ``runs``: the selection run ids (every combination x selection seed); ``complete``: how many of
+    them are complete; ``blocker``: ``(run id, state)`` of the first that is not (None when all
+    are); ``pick``: :func:`medssl_utils.selection.pick`'s result once all are complete, else None.
+    """
+
+    cell: str
+    grid: tuple[str, ...]
+    seeds: tuple[int, ...]
+    runs: tuple[str, ...]
+    complete: int
+    blocker: tuple[str, str] | None = None
+    pick: dict | None = None
+
+    @property
+    def decided(self) -> bool:
+        """Every selection run is complete (the winner may still be None: no validation Dice at all)."""
+        return self.pick is not None
+
+    @property
+    def winner(self) -> str | None:
+        return self.pick["combo"] if self.pick else None
+
+    @property
+    def problem(self) -> str | None:
+        """Why the cell's conditional runs cannot run: the selection is incomplete or found no winner."""
+        if self.blocker is not None:
+            return f"selection of {self.cell} incomplete: {self.blocker[0]} is {self.blocker[1]}"
+        if self.pick is not None and self.winner is None:
+            return (f"selection of {self.cell}: none of its {len(self.runs)} selection runs has a validation Dice "
+                    f"({selection_rule.SCORE_KEY}) to select on")
+        return None
+
+
+def _selection_runs(run: Run, index: Mapping[str, Run]) -> tuple[str, ...]:
+    """The selection run ids of a swept run's cell (every combination x selection seed)."""
+    if run.selection:
+        return run.selection
+    prefix = run.cell
+    return tuple(rid for c in run.grid for k in run.selection_seeds if (rid := f"{prefix}/{c}/seed{k}") in index)
+
+
+def select_cell(run: Run, index: Mapping[str, Run], states: Mapping[str, str] | None = None) -> CellSelection:
+    """The selection of ``run``'s cell, read from its selection runs' ``result.json`` files.
+
+    ``index``: ``{run id: Run}`` of the study; ``states``: run id -> state overriding what
+    ``result.json`` says (the dry run: a selection run that would execute is not complete yet).
+    Only ``val_final_dice`` is read from each result (:func:`medssl_utils.selection.validation_score`).
+    """
+    ids = _selection_runs(run, index)
+    blocker, complete, scores = None, 0, {c: [] for c in run.grid}
+    for rid in ids:
+        other = index[rid]
+        state = (states or {}).get(rid) or read_state(other)[0]
+        if state != "complete":
+            blocker = blocker or (rid, "not run" if state == "pending" else state)
+            continue
+        complete += 1
+        scores[other.combo].append(selection_rule.validation_score(read_result(other)))
+    pick = None
+    if blocker is None:
+        pick = selection_rule.pick([{"combo": c, "order": i, "scores": scores[c]} for i, c in enumerate(run.grid)])
+    return CellSelection(run.cell, tuple(run.grid), tuple(run.selection_seeds), ids, complete, blocker, pick)
+
+
+def cell_selections(study: Study, states: Mapping[str, str] | None = None) -> list[CellSelection]:
+    """The selection of every swept cell of the study, in study order (see :func:`select_cell`)."""
+    index = {r.id: r for r in study.runs}
+    out: dict[str, CellSelection] = {}
+    for run in study.runs:
+        if run.combo is not None and run.cell not in out:
+            out[run.cell] = select_cell(run, index, states)
+    return list(out.values())
+
+
+def _selection_gate(run: Run, outcomes: dict[str, Outcome], decided: dict[str, CellSelection],
+                    index: Mapping[str, Run], dry_run: bool) -> Outcome | None | bool:
+    """For a conditional run (one with ``selection``): False while a selection run is unsettled; an
+    outcome when it will not run (``skipped`` — the selection is incomplete —, ``not selected``, and
+    in a dry run ``after selection`` / ``would skip``), recorded nowhere; None when its combination won."""
+    if not run.selection:
+        return None
+    if any(rid not in outcomes for rid in run.selection):
+        return False
+    if dry_run:
+        pending = [outcomes[rid] for rid in run.selection if outcomes[rid].outcome != "already complete"]
+        skipped = next((o for o in pending if o.outcome == "would skip"), None)
+        if skipped is not None:
+            return Outcome(run, "would skip", f"selection of {run.cell} incomplete: {skipped.run.id} would be "
+                                              f"skipped")
+        if pending:
+            return Outcome(run, "after selection")
+    if run.cell not in decided:
+        decided[run.cell] = select_cell(run, index)
+    cell = decided[run.cell]
+    if cell.problem:
+        return Outcome(run, "would skip" if dry_run else "skipped", cell.problem)
+    if cell.winner != run.combo:
+        return Outcome(run, "not selected", f"selection of {run.cell}: {cell.winner} won")
+    return None
 
 
 def skip_run(study: Study, run: Run, reason: str) -> Outcome:
@@ -219,6 +327,7 @@ def run_study(path: str | os.PathLike, workers: int | None = None, dry_run: bool
         outcomes = _schedule(study, order, blocked, runner, force=force, progress=progress)
     summary.kernels = getattr(runner, "warm_note", "")
     summary.outcomes = [outcomes[r.id] for r in order]
+    summary.selections = cell_selections(study)
     summary.seconds = time.perf_counter() - t0
     print(str(summary), file=out)
     return summary
@@ -235,10 +344,17 @@ def _dry_run(study, order, todo, problems, force, check_timm, out, name, executo
     blocked = blocked_runs(study, todo, check_timm)
     summary = StudySummary(study, dry_run=True, executor=name)
     outcomes: dict[str, Outcome] = {}
-    for run in order:
-        settled = _settle(run, outcomes, blocked, force, dry_run=True)
+    index = {r.id: r for r in study.runs}
+    decided: dict[str, CellSelection] = {}
+    for run in order:  # a run's stages and selection runs come before it (execution order, file order)
+        gate = _selection_gate(run, outcomes, decided, index, dry_run=True)
+        if gate is False:  # cannot happen in execution order; say what the run waits for
+            gate = Outcome(run, "after selection")
+        settled = gate or _settle(run, outcomes, blocked, force, dry_run=True)
         outcomes[run.id] = settled or Outcome(run, "would run")
     summary.outcomes = [outcomes[r.id] for r in order]
+    summary.selections = cell_selections(study, {o.run.id: o.outcome for o in summary.outcomes
+                                                 if o.outcome != "already complete"})
     extra = []
     if name == "slurm" and isinstance(executor, str):
         from medssl_utils.study.slurm import describe_jobs
@@ -250,10 +366,15 @@ def _dry_run(study, order, todo, problems, force, check_timm, out, name, executo
 
 def _schedule(study: Study, order: list[Run], blocked: dict[str, str], executor: RunExecutor, *, force: bool,
               progress: bool | str) -> dict[str, Outcome]:
-    """Hand runs to ``executor`` as soon as the stages they need are settled, ``executor.capacity`` at a time."""
+    """Hand runs to ``executor`` as soon as the stages they need are settled, ``executor.capacity`` at a time.
+
+    A conditional run of a sweep (``run.selection``) also waits for its cell's selection runs; then
+    it runs only if its combination won (:func:`_selection_gate`), whatever the number of workers."""
     from medssl_utils.progress import progress as progress_bar
 
     outcomes: dict[str, Outcome] = {}
+    index = {r.id: r for r in study.runs}
+    decided: dict[str, CellSelection] = {}
     waiting = list(order)
     bar = progress_bar(len(order), desc=f"study {study.name}", enabled=progress)
 
@@ -273,6 +394,13 @@ def _schedule(study: Study, order: list[Run], blocked: dict[str, str], executor:
         while waiting or in_flight:
             ready = []
             for run in list(waiting):
+                gate = _selection_gate(run, outcomes, decided, index, dry_run=False)
+                if gate is False:
+                    continue
+                if gate is not None:  # lost, or its selection is incomplete: nothing is written for it
+                    waiting.remove(run)
+                    settle(gate)
+                    continue
                 settled = _settle(run, outcomes, blocked, force, dry_run=False)
                 if settled is False or (settled is None and len(in_flight) + len(ready) >= executor.capacity):
                     continue
@@ -331,11 +459,14 @@ def _study_lock(results: Path):
 def study_status(study: Study | str | os.PathLike, results_dir: str | os.PathLike | None = None) -> list[dict]:
     """The state of every run of a study (a :class:`Study` or a study file), in execution order.
 
-    Each row: ``run_id``, ``kind``, ``name`` (stage / strategy), ``state`` (complete, failed,
-    skipped, queued — a SLURM job waiting —, running — executing, or interrupted —, pending),
-    ``error``, ``run_dir``, and ``job`` / ``job_state`` (the SLURM job id and state) for runs
-    that have a SLURM job queued or running. Read from the run directories (and, when runs
-    were submitted to SLURM, one ``sacct`` call): nothing is executed and no weights are checked.
+    Each row: ``run_id``, ``kind``, ``name`` (stage / strategy), ``combo`` (a swept run's
+    combination, else None), ``state`` (complete, failed, skipped, queued — a SLURM job waiting —,
+    running — executing, or interrupted —, pending, and for a conditional run of a sweep without
+    its own result.json: ``awaits selection`` — its cell's selection runs are not all complete — or
+    ``not selected`` — they are and another combination won), ``error``, ``run_dir``, and ``job`` /
+    ``job_state`` (the SLURM job id and state) for runs that have a SLURM job queued or running.
+    Read from the run directories (and, when runs were submitted to SLURM, one ``sacct`` call):
+    nothing is executed and no weights are checked.
     """
     if not isinstance(study, Study):
         study = load_study(study, results_dir)
@@ -343,11 +474,21 @@ def study_status(study: Study | str | os.PathLike, results_dir: str | os.PathLik
     from medssl_utils.study.slurm import ACTIVE, QUEUED, active_jobs
 
     jobs = active_jobs(order)
+    index = {r.id: r for r in study.runs}
+    decided: dict[str, CellSelection] = {}
     rows = []
     for run in order:
         state, error = read_state(run)
-        row = {"run_id": run.id, "kind": run.kind, "name": run.name, "state": state, "error": error,
-               "run_dir": str(run.run_dir)}
+        if run.selection and state == "pending":
+            if run.cell not in decided:
+                decided[run.cell] = select_cell(run, index)
+            cell = decided[run.cell]
+            if cell.winner is None:
+                state, error = "awaits selection", cell.problem
+            elif cell.winner != run.combo:
+                state, error = "not selected", f"selection of {run.cell}: {cell.winner} won"
+        row = {"run_id": run.id, "kind": run.kind, "name": run.name, "combo": run.combo, "state": state,
+               "error": error, "run_dir": str(run.run_dir)}
         if run.id in jobs and state != "complete":
             row["job"], row["job_state"] = jobs[run.id]
             if row["job_state"] in ACTIVE:  # else "unknown: <why>": the state stays what result.json says

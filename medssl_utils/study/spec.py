@@ -20,9 +20,10 @@ KINDS = ("pretrain", "finetune")
 TOP_KEYS = ("name", "description", "results_dir", "notebooks", "defaults", "slurm", "pretrain", "finetune")
 PRETRAIN_KEYS = ("params", "slurm", "stages")
 BUDGET_KEYS = ("labelled_slices", "labelled_fraction")
-GRID_KEYS = ("dataset", "tasks", "strategies", *BUDGET_KEYS, "seeds", "params", "slurm")
-TASK_KEYS = ("dataset", "strategies", *BUDGET_KEYS, "seeds", "params", "slurm")
-STRATEGY_GRID_KEYS = ("init", *BUDGET_KEYS, "seeds", "slurm")
+SWEEP_KEYS = ("sweep", "selection_seeds")
+GRID_KEYS = ("dataset", "tasks", "strategies", *BUDGET_KEYS, "seeds", *SWEEP_KEYS, "params", "slurm")
+TASK_KEYS = ("dataset", "strategies", *BUDGET_KEYS, "seeds", *SWEEP_KEYS, "params", "slurm")
+STRATEGY_GRID_KEYS = ("init", *BUDGET_KEYS, "seeds", *SWEEP_KEYS, "slurm")
 #: Parameters the runner sets, and where a study sets them instead.
 RUNNER_OWNED = {
     "run_dir": "the runner sets it from results_dir",
@@ -57,6 +58,14 @@ class Run:
     stages this run starts from; ``slurm`` the run's SLURM resources from the study file's
     ``slurm`` sections, merged and validated (used by the slurm executor only); ``sources`` where in
     the study file each parameter was set (``{"lr": "finetune.params.lr", ...}``, for error messages).
+
+    Fine-tuning runs of a cell (task, strategy, budget) with a ``sweep``: ``combo`` the label of
+    this run's combination (its folder), ``sweep`` its values (also in ``params``), ``grid`` the
+    cell's combination labels in grid order, ``selection_seeds`` the seeds every combination runs
+    at. ``selection``: on a *conditional* run (seed not a selection seed) the ids of the cell's
+    selection runs (every combination x selection seed), which must be complete before it is
+    decided whether this run's combination won (:mod:`medssl_utils.selection`); ``()`` on selection
+    runs and runs without a sweep.
     """
 
     id: str
@@ -71,6 +80,18 @@ class Run:
     seed: int | None = None
     slurm: dict = field(default_factory=dict)
     sources: dict = field(default_factory=dict, compare=False)
+    combo: str | None = None
+    sweep: dict = field(default_factory=dict)
+    grid: tuple[str, ...] = ()
+    selection_seeds: tuple[int, ...] = ()
+    selection: tuple[str, ...] = ()
+
+    @property
+    def cell(self) -> str:
+        """``[<task>/]finetune/<strategy>/<budget>`` of a fine-tuning run (the run id of a stage)."""
+        if self.kind != "finetune":
+            return self.id
+        return f"{self.task + '/' if self.task else ''}finetune/{self.name}/{self.budget}"
 
 
 @dataclass
@@ -393,9 +414,11 @@ def _finetune_runs(ctx: _Ctx, value, present: bool, defaults: dict, stages: dict
         raise ctx.error("finetune", "give either 'dataset' (one downstream dataset) or 'tasks', not both")
     if "tasks" not in grid and "dataset" not in grid:
         raise ctx.error("finetune.dataset", "required: the dataset spec to fine-tune on (or 'tasks')")
+    sweep = _sweep(ctx, grid.get("sweep"), "finetune.sweep")
+    selection = _selection_seeds(ctx, grid, "finetune")
     if "tasks" not in grid:
         grid["params"] = _params(ctx, grid.get("params"), "finetune.params", "finetune.params")
-        return _grid_runs(ctx, grid, None, "finetune", defaults, stages, results)
+        return _grid_runs(ctx, grid, None, "finetune", defaults, stages, results, sweep, selection)
     tasks = ctx.mapping(grid["tasks"], "finetune.tasks")
     if not tasks:
         raise ctx.error("finetune.tasks", "expected at least one task")
@@ -417,7 +440,9 @@ def _finetune_runs(ctx: _Ctx, value, present: bool, defaults: dict, stages: dict
             for k in BUDGET_KEYS:
                 if k not in t:
                     merged.pop(k, None)
-        runs += _grid_runs(ctx, merged, task, key, defaults, stages, results)
+        own_sweep = {**sweep, **_sweep(ctx, t.get("sweep"), f"{key}.sweep")}
+        own_selection = _selection_seeds(ctx, t, key) or selection
+        runs += _grid_runs(ctx, merged, task, key, defaults, stages, results, own_sweep, own_selection)
     return runs
 
 
@@ -426,9 +451,68 @@ def _merge_strategies(ctx: _Ctx, common, own, key: str) -> dict:
     return {k: v for k, v in merged.items() if v is not None}
 
 
+def _sweep(ctx: _Ctx, value, key: str) -> dict[str, tuple[list, str]]:
+    """A ``sweep`` section validated: ``{parameter: (values, key path)}`` in the order written."""
+    from medssl_utils.selection import format_value
+
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ctx.error(key, f"expected a mapping of notebook parameter -> list of values, got {_show(value)}")
+    out = {}
+    for name, values in ctx.mapping(value, key).items():
+        where = f"{key}.{name}"
+        if name in RUNNER_OWNED:
+            raise ctx.error(where, f"not sweepable: the runner sets it ({RUNNER_OWNED[name]})")
+        if name == "slurm":
+            raise ctx.error(where, "not a notebook parameter: SLURM resources go in a 'slurm' section")
+        if not name.isidentifier():
+            raise ctx.error(where, "not a notebook parameter name")
+        if not isinstance(values, list) or not values:
+            raise ctx.error(where, f"expected a non-empty list of values, got {_show(values)}")
+        labels: dict[str, object] = {}
+        for v in values:
+            try:
+                label = format_value(v)
+            except ParameterError as exc:
+                raise ctx.error(where, str(exc)) from None
+            if label in labels:
+                first = labels[label]
+                if type(first) is type(v) and first == v:
+                    raise ctx.error(where, f"value {_show(v)} repeats in {_show(values)}")
+                raise ctx.error(where, f"values {_show(first)} and {_show(v)} give the same folder label "
+                                       f"{name}-{label}; give each value once")
+            labels[label] = v
+        out[name] = (list(values), where)
+    return out
+
+
+def _selection_seeds(ctx: _Ctx, block: dict, key: str) -> tuple[list[int], str] | None:
+    """``(seeds, key path)`` of a block's ``selection_seeds`` (a list or a count, like ``seeds``), or None."""
+    if "selection_seeds" not in block:
+        return None
+    where = f"{key}.selection_seeds"
+    return _seeds(ctx, block["selection_seeds"], where), where
+
+
+def _combinations(sweep: dict[str, tuple[list, str]]) -> list[tuple[str, dict]]:
+    """``[(label, {parameter: value})]``: the product of the sweep's lists, first key slowest."""
+    import itertools
+
+    from medssl_utils.selection import combo_label
+
+    keys = list(sweep)
+    out = []
+    for values in itertools.product(*(sweep[k][0] for k in keys)):
+        combo = dict(zip(keys, values))
+        out.append((combo_label(combo), combo))
+    return out
+
+
 def _grid_runs(ctx: _Ctx, grid: dict, task: str | None, key: str, defaults: dict, stages: dict,
-               results: Path) -> list[Run]:
-    """The runs of one fine-tuning grid (one downstream dataset): strategies x budgets x seeds."""
+               results: Path, sweep: dict | None = None, selection: tuple[list[int], str] | None = None) -> list[Run]:
+    """The runs of one fine-tuning grid (one downstream dataset): strategies x budgets [x sweep
+    combinations] x seeds; in a swept cell its selection runs first, then its conditional runs."""
     root = results / task / "finetune" if task else results / "finetune"
     dataset = _specs(ctx, grid["dataset"], f"{key}.dataset")
     if len(dataset) != 1:
@@ -458,15 +542,38 @@ def _grid_runs(ctx: _Ctx, grid: dict, task: str | None, key: str, defaults: dict
                    "run_dir": "results_dir", "seed": f"{skey if 'seeds' in s else key}.seeds",
                    "labelled_slices": f"{budget_key}.labelled_slices",
                    "labelled_fraction": f"{budget_key}.labelled_fraction"}
+        own_sweep = {**(sweep or {}), **_sweep(ctx, s.get("sweep"), f"{skey}.sweep")}
+        own_selection = _selection_seeds(ctx, s, skey) or selection
+        combos = _combinations(own_sweep) if own_sweep else [(None, {})]
+        chosen: tuple[int, ...] = ()
+        if own_sweep:
+            chosen = tuple(own_selection[0]) if own_selection else tuple(own_seeds)
+            missing = [x for x in chosen if x not in own_seeds]
+            if missing:
+                raise ctx.error(own_selection[1], f"selection seeds {missing} are not among the seeds {own_seeds} "
+                                                  f"of {skey}; give a non-empty subset of them")
+        grid_labels = tuple(c for c, _ in combos if c is not None)
+        for values in (v for _, v in combos if v):
+            _check_same_encoder(ctx, {**common, **extra, **values}, deps, stages, skey)
+        prefix = f"{task + '/' if task else ''}finetune/{name}"
         for label, slices, fraction in own_budgets:
-            for seed in own_seeds:
-                run_dir = root / name / label / f"seed{seed}"
-                rid = f"{task + '/' if task else ''}finetune/{name}/{label}/seed{seed}"
-                params = {**common, **extra, "dataset": dataset[0], "init": init, "labelled_slices": slices,
-                          "labelled_fraction": fraction, "seed": seed, "run_dir": str(run_dir)}
-                runs.append(Run(id=rid, kind="finetune", name=name, run_dir=run_dir, params=params,
-                                init=str(s["init"]).strip(), deps=deps, task=task, budget=label, seed=seed,
-                                slurm=resources, sources=sources))
+            picks = tuple(f"{prefix}/{label}/{c}/seed{k}" for c in grid_labels for k in chosen)
+            cell: list[Run] = []
+            for combo, values in combos:
+                where = {**sources, **{k: own_sweep[k][1] for k in values}}
+                for seed in own_seeds:
+                    folder = root / name / label if combo is None else root / name / label / combo
+                    run_dir = folder / f"seed{seed}"
+                    rid = f"{prefix}/{label}/{combo + '/' if combo else ''}seed{seed}"
+                    params = {**common, **extra, **values, "dataset": dataset[0], "init": init,
+                              "labelled_slices": slices, "labelled_fraction": fraction, "seed": seed,
+                              "run_dir": str(run_dir)}
+                    cell.append(Run(id=rid, kind="finetune", name=name, run_dir=run_dir, params=params,
+                                    init=str(s["init"]).strip(), deps=deps, task=task, budget=label, seed=seed,
+                                    slurm=resources, sources=where, combo=combo, sweep=dict(values),
+                                    grid=grid_labels, selection_seeds=chosen,
+                                    selection=picks if combo is not None and seed not in chosen else ()))
+            runs += sorted(cell, key=lambda r: bool(r.selection))  # a cell's selection runs first (stable)
     return runs
 
 
@@ -531,14 +638,15 @@ def _seeds(ctx: _Ctx, value, key: str) -> list[int]:
 
 # ============================================================================ planning
 def execution_order(runs: list[Run]) -> list[Run]:
-    """Runs sorted so that every run comes after the stages it starts from; otherwise file order."""
+    """Runs sorted so that every run comes after the stages it starts from and, a conditional run of a
+    sweep, after its cell's selection runs; otherwise file order."""
     index = {r.id: i for i, r in enumerate(runs)}
-    waiting_on = {r.id: set(r.deps) for r in runs}
+    waiting_on = {r.id: set(r.deps) | {s for s in r.selection if s in index} for r in runs}
     dependants: dict[str, list[str]] = {}
     for r in runs:
-        for d in r.deps:
+        for d in waiting_on[r.id]:
             dependants.setdefault(d, []).append(r.id)
-    ready = [index[r.id] for r in runs if not r.deps]
+    ready = [index[r.id] for r in runs if not waiting_on[r.id]]
     heapq.heapify(ready)
     order = []
     while ready:

@@ -44,6 +44,7 @@ from medssl_utils.training.config import (
     METHODS,
     OPTIMIZERS,
     PRECISIONS,
+    RECIPES,
     SPLITS,
     FinetuneConfig,
     PretrainConfig,
@@ -59,11 +60,13 @@ from medssl_utils.training.loop import (
     make_optimizer,
     stream_batch,
 )
-from medssl_utils.training.pretrain import PretrainData, prepare_pretrain_data, pretrain
+from medssl_utils.training.pretrain import PretrainData, prepare_pretrain_data, pretrain, ssl_augment
+from medssl_utils.training.probe import ProbeData, dense_probe, prepare_probe_data
 
 __all__ = [
     "DEVICES", "LOSSES", "METHODS", "OPTIMIZERS", "PRECISIONS", "SPLITS", "FinetuneConfig", "FinetuneData",
     "PretrainConfig", "PretrainData", "StreamBatchSampler", "TrainingError", "check_no_leakage", "finetune",
     "load_run", "lr_at", "make_fabric", "make_optimizer", "predict_volume", "prepare_finetune_data",
-    "prepare_pretrain_data", "pretrain", "stream_batch",
+    "prepare_pretrain_data", "pretrain", "stream_batch", "ssl_augment", "ProbeData", "dense_probe",
+    "prepare_probe_data", "RECIPES",
 ]

@@ -14,6 +14,18 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = {"32": "32-true", "32-true": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
 SPLITS = ("auto", "paper", "random", "official")
 LOSSES = ("dice_ce", "jaccard")
+INPUT_NORMS = ("volume", "image")
+#: Named fine-tuning settings: the values a recipe gives ``lr``, ``warmup_steps``, ``grad_clip`` and
+#: ``loss`` when they are left None (explicit values win). ``warmup`` is a fraction of ``max_steps``
+#: as (numerator, denominator), rounded down;
+#: ``warmup_start_lr`` None means medssl's warm-up from ``lr / warmup``.
+RECIPES = {
+    # medssl's CPU setting (benchmarks/finetune_settings.py): Adam 1e-2, 5 % warm-up, cosine, Dice + CE
+    "medssl": {"lr": 1e-2, "warmup": (1, 20), "warmup_start_lr": None, "grad_clip": 0.0, "loss": "dice_ce"},
+    # Work A (SSL-MedSeg supervised_segmentation/config_acdc.yaml): Adam 1e-4, 10 of 150 epochs of linear
+    # warm-up from 1e-6, cosine, gradient clipping 5, Jaccard loss
+    "work-a": {"lr": 1e-4, "warmup": (1, 15), "warmup_start_lr": 1e-6, "grad_clip": 5.0, "loss": "jaccard"},
+}
 # parameters that do not change what a run computes (may differ when resuming)
 _RUNTIME_KEYS = {"device", "progress", "num_workers", "overwrite", "run_dir", "log_every", "devices"}
 
@@ -76,7 +88,8 @@ class _Common:
         check_choice("progress", self.progress, (True, False, "auto"))
         if self.lr is not None:
             check_number("lr", self.lr, 0, None, low_open=True, what="a positive finite number or None (method default)")
-        check_number("grad_clip", self.grad_clip, 0, None, what="a finite number >= 0 (0 disables clipping)")
+        if self.grad_clip is not None:  # fine-tuning: None is the recipe's
+            check_number("grad_clip", self.grad_clip, 0, None, what="a finite number >= 0 (0 disables clipping)")
         self.decoder_channels = check_decoder_channels(self.decoder_channels)
         if self.run_dir is None or not str(self.run_dir).strip():
             raise ParameterError("run_dir: expected a folder for this run's outputs")
@@ -102,8 +115,18 @@ class PretrainConfig(_Common):
     save_epochs: list[int] = field(default_factory=list)
     balanced: bool = True
     method_options: dict = field(default_factory=dict)
+    # a named SSLAugment setting (data.transforms.SSL_PRESETS: medssl, byol, work-a); `augment` overrides it
+    augment_preset: str = "medssl"
     augment: dict = field(default_factory=dict)
-    knn_every: int = 1
+    # the dense linear probe (training.probe) of the encoder on each labelled dataset of the pool:
+    # at step 0, every `probe_every` epochs, at every saved epoch and at the end (0: off), over
+    # `probe_seeds` draws of `probe_slices` labelled training slices, scored on `probe_val_slices`
+    probe_every: int = 1
+    probe_seeds: int = 3
+    probe_slices: int = 96
+    probe_val_slices: int = 64
+    probe_steps: int = 100
+    knn_every: int = 0
     knn_max_bank: int = 2000
     knn_max_query: int = 500
 
@@ -118,6 +141,14 @@ class PretrainConfig(_Common):
         if self.max_steps is not None:
             check_int("max_steps", self.max_steps, 1)
         check_int("knn_every", self.knn_every, 0)
+        check_int("probe_every", self.probe_every, 0)
+        check_int("probe_seeds", self.probe_seeds, 1, 100)
+        check_int("probe_slices", self.probe_slices, 1)
+        check_int("probe_val_slices", self.probe_val_slices, 1)
+        check_int("probe_steps", self.probe_steps, 1)
+        from medssl_utils.data.transforms import SSL_PRESETS
+
+        check_choice("augment_preset", self.augment_preset, tuple(SSL_PRESETS))
         check_int("knn_max_bank", self.knn_max_bank, 1)
         check_int("knn_max_query", self.knn_max_query, 1)
         for e in self.save_epochs:
@@ -132,7 +163,10 @@ class PretrainConfig(_Common):
 
         self.method_options = check_keywords("method_options", self.method_options, _ssl_class(self.method),
                                              what=f"{self.method}'s constructor")
-        self.augment = check_augment(self.augment, "SSLAugment", self.image_size, METHOD_AUGMENT.get(self.method, {}))
+        from medssl_utils.data.transforms import ssl_preset
+
+        base = {**ssl_preset(self.augment_preset, self.image_size), **METHOD_AUGMENT.get(self.method, {})}
+        self.augment = check_augment(self.augment, "SSLAugment", self.image_size, base)
         from medssl_utils.models.init import check_init
 
         check_init(self.init)
@@ -148,8 +182,18 @@ class FinetuneConfig(_Common):
     labelled_fraction: float | None = None
     max_steps: int = 1000
     eval_every: int = 50
+    # a named setting (RECIPES) that fills lr, warmup_steps, grad_clip and loss where they are None
+    recipe: str = "medssl"
     warmup_steps: int | None = None
-    loss: str = "dice_ce"
+    grad_clip: float | None = None
+    loss: str | None = None
+    # the encoder's learning rate as a multiple of the decoder's (the schedule's lr)
+    encoder_lr_scale: float = 1.0
+    # steps at the start during which only the decoder (and head) is trained, on a frozen encoder
+    freeze_encoder_steps: int = 0
+    # "volume": slices as the slice cache normalised them (per volume); "image": each slice z-scored
+    # by itself at the model's input (what HSSL pretraining with standardize=True feeds its encoder)
+    input_norm: str = "volume"
     load_decoder: bool | str = "auto"
     augment: dict = field(default_factory=dict)
     save_predictions: bool = True
@@ -157,9 +201,14 @@ class FinetuneConfig(_Common):
     # training slices on which BatchNorm statistics are recomputed before every evaluation
     # (validation and test); 0 evaluates with the running statistics (see training.evaluate)
     recalibrate_bn: int = 64
+    # the dense linear probe of the starting encoder (training.probe), before any fine-tuning step
+    probe_init: bool = True
+    probe_slices: int = 96
+    probe_val_slices: int = 64
+    probe_steps: int = 100
 
     def __post_init__(self):
-        from medssl_utils.params import check_augment, check_int, check_spec
+        from medssl_utils.params import check_augment, check_int, check_number, check_spec
 
         self._check_common()
         self.dataset = str(check_spec("dataset", self.dataset))
@@ -167,10 +216,22 @@ class FinetuneConfig(_Common):
         check_int("eval_every", self.eval_every, 1)
         check_int("eval_batch_size", self.eval_batch_size, 1)
         check_int("recalibrate_bn", self.recalibrate_bn, 0)
+        check_choice("recipe", self.recipe, tuple(RECIPES))
         if self.warmup_steps is not None:
             check_int("warmup_steps", self.warmup_steps, 0, self.max_steps)
-        check_choice("loss", self.loss, LOSSES)
+        if self.grad_clip is not None:
+            check_number("grad_clip", self.grad_clip, 0, None,
+                         what="a finite number >= 0 (0 disables clipping) or None (the recipe's)")
+        if self.loss is not None:
+            check_choice("loss", self.loss, LOSSES)
+        check_number("encoder_lr_scale", self.encoder_lr_scale, 0, 100, low_open=True,
+                     what="a number in (0, 100]: the encoder's learning rate as a multiple of the decoder's")
+        check_int("freeze_encoder_steps", self.freeze_encoder_steps, 0, self.max_steps)
+        check_choice("input_norm", self.input_norm, INPUT_NORMS)
         check_choice("load_decoder", self.load_decoder, ("auto", True, False))
+        check_int("probe_slices", self.probe_slices, 1)
+        check_int("probe_val_slices", self.probe_val_slices, 1)
+        check_int("probe_steps", self.probe_steps, 1)
         if (self.labelled_slices is None) == (self.labelled_fraction is None):
             raise ParameterError("give exactly one of labelled_slices (a number of slices) or labelled_fraction "
                                  f"(a fraction of training patients); got labelled_slices={self.labelled_slices!r}, "
@@ -184,3 +245,17 @@ class FinetuneConfig(_Common):
 
         check_init(self.init, self.load_decoder is True)
 
+    def schedule(self) -> dict:
+        """The resolved schedule: the recipe's values where the run left them None (explicit values win).
+
+        ``{"recipe", "lr", "warmup_steps", "warmup_start_lr", "grad_clip", "loss", "encoder_lr_scale",
+        "freeze_encoder_steps"}``.
+        """
+        r = RECIPES[self.recipe]
+        return {"recipe": self.recipe, "lr": float(self.lr if self.lr is not None else r["lr"]),
+                "warmup_steps": int(self.warmup_steps if self.warmup_steps is not None
+                                    else self.max_steps * r["warmup"][0] // r["warmup"][1]),
+                "warmup_start_lr": r["warmup_start_lr"],
+                "grad_clip": float(self.grad_clip if self.grad_clip is not None else r["grad_clip"]),
+                "loss": self.loss if self.loss is not None else r["loss"],
+                "encoder_lr_scale": float(self.encoder_lr_scale), "freeze_encoder_steps": int(self.freeze_encoder_steps)}

@@ -17,8 +17,6 @@ is used to normalise itself).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import numpy as np
 import torch
 from torch import nn
@@ -39,36 +37,19 @@ def recalibration_rows(train_rows: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, 0xB4]).choice(rows, n, replace=False))
 
 
-@contextmanager
 def bn_recalibrated(model: nn.Module, cache, rows: np.ndarray, batch_size: int, device,
-                    channels_last: bool = False):
+                    channels_last: bool = False, forward=None):
     """Inside the block ``model`` is in eval mode with BatchNorm statistics recomputed on ``rows``.
 
     On leaving, the running statistics (and momenta) are restored and the previous train/eval
     mode comes back. With no rows (``recalibrate_bn=0``) or no BatchNorm layer this only
-    switches to eval mode.
+    switches to eval mode. ``forward``: what to call on each batch instead of ``model``
+    (:func:`medssl_utils.models.batchnorm.recomputed_bn`).
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    was = model.training
-    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum) for m in bns]
-    try:
-        if len(rows) and bns:
-            for m in bns:
-                m.reset_running_stats()
-                m.momentum = None  # cumulative average over the recalibration batches
-            model.train()
-            with torch.no_grad():
-                for i in range(0, len(rows), batch_size):
-                    model(_batch(cache, rows[i:i + batch_size], device, channels_last))
-        model.eval()
-        yield model
-    finally:
-        for m, (mean, var, count, momentum) in zip(bns, saved):
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
-            m.num_batches_tracked.copy_(count)
-            m.momentum = momentum
-        model.train(was)
+    from medssl_utils.models.batchnorm import recomputed_bn
+
+    batches = (_batch(cache, rows[i:i + batch_size], device, channels_last) for i in range(0, len(rows), batch_size))
+    return recomputed_bn(model, batches, forward)
 
 
 def evaluate_val(model, cache, rows, num_classes, batch_size, device, channels_last: bool = False) -> np.ndarray:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from medssl_utils.errors import DataError
+from medssl_utils.errors import DataError, ParameterError
 from medssl_utils.progress import progress
 from medssl_utils.rundir import RunDir
 from medssl_utils.training import loop
@@ -90,6 +90,41 @@ def check_no_leakage(lineage: list, dataset: str, split) -> None:
 
 
 
+def check_input_norm(lineage: list, input_norm: str, init) -> None:
+    """Refuse fine-tuning inputs normalised otherwise than the init's last pretraining stage saw them."""
+    from medssl_utils.models.unet import pretraining_input
+
+    seen = pretraining_input(lineage)
+    if seen is not None and seen != input_norm:
+        what = {"image": "per-image z-scored views", "volume": "slices normalised per volume (as cached)"}
+        raise ParameterError(f"input_norm={input_norm!r}: init {init} was pretrained on {what[seen]}, so fine-tuning "
+                             f"must feed the same: set input_norm={seen!r} (for every arm of a comparison, random "
+                             "init included), or pretrain with the other input (HSSL: method_options.standardize)")
+
+
+def _init_probe(cfg: FinetuneConfig, rd: RunDir, model, device) -> dict | None:
+    """The dense probe of the starting encoder (seed = the run's seed), computed once per run directory."""
+    from medssl_utils.rundir import read_json_object, write_json
+
+    path = rd.path / "init_probe.json"
+    done, _ = read_json_object(path)
+    if done is not None:
+        return done
+    from medssl_utils.training.probe import dense_probe, prepare_probe_data
+
+    pdata = prepare_probe_data(cfg.dataset, cfg.image_size, cfg.split, cfg.split_seed, cfg.probe_val_slices)
+    if pdata is None:
+        return None
+    transform = None
+    if cfg.input_norm == "image":
+        from medssl_utils.models.unet import standardize_images as transform
+    result = dense_probe(model.encoder, pdata, cfg.seed, train_slices=cfg.probe_slices, steps=cfg.probe_steps,
+                         device=device, channels_last=cfg.channels_last, transform=transform)
+    if rd.writer:
+        write_json(path, result)
+    return result
+
+
 def finetune(cfg: FinetuneConfig | None = None, **params) -> dict:
     """Run (or resume, or return the finished) fine-tuning described by ``cfg`` / ``params``."""
     return loop.run_guarded(cfg or FinetuneConfig(**params), "finetune", _finetune)
@@ -120,14 +155,23 @@ def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
                        load_decoder=bool(load_decoder))
     lineage = model.medssl_init["lineage"]
     check_no_leakage(lineage, cfg.dataset, data.split)
+    check_input_norm(lineage, cfg.input_norm, cfg.init)
+    if cfg.input_norm == "image":
+        from medssl_utils.models.unet import PerImageNorm
+
+        model = PerImageNorm(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    base_lr = cfg.lr or 1e-4
-    optimizer = loop.make_optimizer("adam", model, base_lr, 0.0)
+    start_weights = loop.conv_weights(model.encoder)  # the init: encoder_shift is measured from here
+    init_probe = _init_probe(cfg, rd, model, fabric.device) if cfg.probe_init else None
+    sched = cfg.schedule()
+    base_lr, warmup = sched["lr"], sched["warmup_steps"]
+    encoder_params = list(model.encoder.parameters())
+    optimizer = loop.make_optimizer("adam", model, base_lr, 0.0,
+                                    scaled={id(p): cfg.encoder_lr_scale for p in encoder_params})
     model, optimizer = fabric.setup(model, optimizer)
-    loss_fn = segmentation_loss(cfg.loss, num_classes=num_classes)
+    loss_fn = segmentation_loss(sched["loss"], num_classes=num_classes)
     aug = SegAugment(output_size=cfg.image_size, **cfg.augment)
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(cfg.max_steps // 20, 0)
     ds = SliceDataset(data.cache, data.train_rows)
     global_batch = cfg.batch_size * fabric.world_size  # batch_size is per process
     start, earlier_s = 0, 0.0  # earlier_s: time the interrupted sessions spent up to their last save
@@ -154,7 +198,8 @@ def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
             dice = evaluate_val(model, data.cache, data.val_rows, num_classes, cfg.eval_batch_size, fabric.device,
                                 cfg.channels_last)
         row = {"step": step, "epoch": step * global_batch / len(ds), "time_s": round(time.perf_counter() - t0, 3),
-               "val_dice": float(np.mean(dice[1:])), **{f"val_dice_{n}": float(d) for n, d in zip(names, dice[1:])}}
+               "val_dice": float(np.mean(dice[1:])), **{f"val_dice_{n}": float(d) for n, d in zip(names, dice[1:])},
+               "encoder_shift": loop.encoder_shift(loop.unwrap(model).encoder, start_weights)}
         nonlocal eval_time
         eval_time += time.perf_counter() - te
         return row
@@ -167,14 +212,15 @@ def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
     model.train()
     try:
         for step, batch in zip(range(start, cfg.max_steps), loader):
-            loop.set_lr(optimizer, loop.lr_at(step, cfg.max_steps, base_lr, warmup))
+            loop.set_lr(optimizer, loop.lr_at(step, cfg.max_steps, base_lr, warmup, sched["warmup_start_lr"]))
             x, y = batch["image"], batch["label"]
             x, y = aug(x, y, loop.step_generator(cfg.seed, step, fabric.global_rank, x.device))
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             loss = loss_fn(model(x), y)
             loop.check_finite(loss, step)
-            loop.optimise(fabric, model, optimizer, loss, cfg.grad_clip)
+            loop.optimise(fabric, model, optimizer, loss, sched["grad_clip"],
+                          frozen=encoder_params if step < cfg.freeze_encoder_steps else ())
             loop.check_finite_weights(model, step)
             run_loss += float(loss.detach())
             run_n += 1
@@ -188,7 +234,7 @@ def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
                        "time_s": round(time.perf_counter() - t0, 3), "loss": loop.mean_over_ranks(fabric, run_loss / run_n),
                        "lr": optimizer.param_groups[0]["lr"], "images_per_s": images / el if el > 0 else None}
                 if done % cfg.eval_every == 0 or done == cfg.max_steps:
-                    row.update({k: v for k, v in validate(done).items() if k.startswith("val_")})
+                    row.update({k: v for k, v in validate(done).items() if k.startswith("val_") or k == "encoder_shift"})
                     bar.set_postfix_str(f"loss {row['loss']:.3f} val Dice {row['val_dice']:.3f}")
                     if fabric.is_global_zero:
                         loop.save_state(last, done, loop.unwrap(model), optimizer,
@@ -223,7 +269,10 @@ def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
         "labelled_patients": int(data.cache.index.loc[data.train_rows, "case_id"].nunique()),
         "seed": cfg.seed, "split": data.split.scheme, "test": test,
         "val_final_dice": vals[-1] if vals else None, "val_best_dice": max(vals) if vals else None,
-        "schedule": {"base_lr": base_lr, "warmup_steps": warmup, "recalibrate_bn_slices": int(len(bn_rows))},
+        "schedule": {**sched, "base_lr": base_lr, "recalibrate_bn_slices": int(len(bn_rows))},
+        "input_norm": cfg.input_norm,
+        "encoder_shift": loop.encoder_shift(loop.unwrap(model).encoder, start_weights),
+        "init_probe": init_probe,
         "timings": {"total_s": round(earlier_s + time.perf_counter() - t0, 2), "resumed_at_step": start or None,
                     "train_s": round(train_time, 2),
                     "eval_s": round(eval_time + test_time, 2),

@@ -99,10 +99,17 @@ class StreamBatchSampler(Sampler):
             yield stream_batch(n, b, seed, step, weights=self.weights, rank=self.rank, world=self.world).tolist()
 
 
-def lr_at(step: int, total: int, base_lr: float, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+def lr_at(step: int, total: int, base_lr: float, warmup: int, start_lr: float | None = None) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``.
+
+    Warm-up: ``base_lr * (step + 1) / warmup`` (medssl's default), or, with ``start_lr``, from
+    ``start_lr`` at step 0 linearly to ``base_lr`` at step ``warmup`` (Work A's
+    LinearWarmupCosineAnnealingLR, warm-up from 1e-6).
+    """
     if warmup > 0 and step < warmup:
-        return base_lr * (step + 1) / warmup
+        if start_lr is None:
+            return base_lr * (step + 1) / warmup
+        return start_lr + (base_lr - start_lr) * step / warmup
     span = max(total - warmup, 1)
     return base_lr * 0.5 * (1 + math.cos(math.pi * min(step - warmup, span) / span))
 
@@ -113,21 +120,37 @@ def step_generator(seed: int, step: int, rank: int, device) -> torch.Generator:
     return g
 
 
-def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Biases and norm parameters (ndim <= 1) get no weight decay (and no LARS adaptation)."""
-    decay, no_decay = [], []
+def _param_groups(module: torch.nn.Module, weight_decay: float, scaled: dict | None = None) -> list[dict]:
+    """Biases and norm parameters (ndim <= 1) get no weight decay (and no LARS adaptation).
+
+    ``scaled``: ``{id(param): lr_scale}`` for parameters whose learning rate is a multiple of the
+    schedule's (e.g. the encoder during fine-tuning); each group carries its ``lr_scale``, which
+    :func:`set_lr` applies.
+    """
+    scaled = scaled or {}
+    groups: dict[tuple, list] = {}
     for p in module.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            key = (p.ndim > 1, float(scaled.get(id(p), 1.0)))
+            groups.setdefault(key, []).append(p)
+    order = sorted(groups, key=lambda k: (-k[1], not k[0]))  # scale 1 first, then decayed first: stable order
+    return [{"params": groups[k], "weight_decay": weight_decay if k[0] else 0.0, "lr_scale": k[1]} for k in order]
 
 
-def make_optimizer(name: str, module: torch.nn.Module, lr: float, weight_decay: float):
-    groups = _param_groups(module, weight_decay)
+def make_optimizer(name: str, module: torch.nn.Module, lr: float, weight_decay: float,
+                   scaled: dict | None = None):
+    """The optimiser ``name`` (lars, sgd, adamw, adam) over ``module``'s trainable parameters.
+
+    ``lars`` is Work A's LARS (:mod:`medssl_utils.training.lars`: eta 0.02, clipped, biases and
+    norms excluded); ``scaled`` as in :func:`_param_groups`.
+    """
+    groups = _param_groups(module, weight_decay, scaled)
+    for g in groups:
+        g["lr"] = lr * g["lr_scale"]
     if name == "lars":
-        from lightly.utils.lars import LARS
+        from medssl_utils.training.lars import LARS, WORK_A_LARS
 
-        return LARS(groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
+        return LARS(groups, lr=lr, momentum=0.9, weight_decay=weight_decay, **WORK_A_LARS)
     # foreach: one fused update over all tensors (torch's default only on CUDA); 25 % faster on this CPU
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay, foreach=True)
@@ -141,8 +164,30 @@ def default_lr(optimizer: str, batch_size: int) -> float:
 
 
 def set_lr(optimizer, lr: float) -> None:
+    """The schedule's ``lr`` for every group, times the group's ``lr_scale`` (1 unless set)."""
     for g in optimizer.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+
+
+def conv_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Detached copies of the convolution weights (4-D parameters) of ``module``, by name."""
+    return {n: p.detach().clone() for n, p in module.named_parameters() if p.ndim == 4}
+
+
+def encoder_shift(module: torch.nn.Module, start: dict[str, torch.Tensor]) -> float | None:
+    """How far ``module`` moved from ``start`` (:func:`conv_weights` taken earlier): the median over
+    its convolution weights of ``|W - W0| / |W0|`` (Frobenius norms). None without such weights."""
+    ratios = []
+    with torch.no_grad():
+        for n, p in module.named_parameters():
+            w0 = start.get(n)
+            if w0 is None or p.ndim != 4:
+                continue
+            w0 = w0.to(p.device)
+            den = float(torch.linalg.vector_norm(w0))
+            if den > 0:
+                ratios.append(float(torch.linalg.vector_norm(p.detach().float() - w0.float())) / den)
+    return float(np.median(ratios)) if ratios else None
 
 
 def check_finite(loss: torch.Tensor, step: int, epoch: int | None = None) -> None:
@@ -260,9 +305,13 @@ def run_guarded(cfg, kind: str, body) -> dict:
         raise
 
 
-def optimise(fabric, model, optimizer, loss, grad_clip: float) -> None:
+def optimise(fabric, model, optimizer, loss, grad_clip: float, frozen=()) -> None:
+    """One optimiser step; parameters in ``frozen`` keep their values (their gradients are dropped
+    before clipping and the step, so they neither move nor enter the optimiser's moments)."""
     optimizer.zero_grad(set_to_none=True)
     fabric.backward(loss)
+    for p in frozen:
+        p.grad = None
     if grad_clip:
         fabric.clip_gradients(model, optimizer, max_norm=grad_clip)
     optimizer.step()

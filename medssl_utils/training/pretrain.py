@@ -30,6 +30,7 @@ class PretrainData:
     query: object | None
     knn_by: str | None
     weights: np.ndarray | None
+    probes: list = None  # training.probe.ProbeData of each labelled dataset of the pool
 
 
 def prepare_pretrain_data(cfg: PretrainConfig) -> PretrainData:
@@ -70,7 +71,16 @@ def prepare_pretrain_data(cfg: PretrainConfig) -> PretrainData:
     if cfg.balanced and len(md.parts) > 1:
         doms = np.concatenate([np.full(len(p), p.tag_ids["domain"]) for p in md.parts])
         weights = 1.0 / np.bincount(doms)[doms]
-    return PretrainData(md, pools, bank, query if cfg.knn_every else None, knn_by, weights)
+    probes = []
+    if cfg.probe_every:
+        from medssl_utils.training.probe import prepare_probe_data
+
+        for spec in cfg.datasets:
+            pd_ = prepare_probe_data(spec, cfg.image_size, cfg.split, cfg.split_seed, cfg.probe_val_slices,
+                                     progress=cfg.progress is not False)
+            if pd_ is not None:
+                probes.append(pd_)
+    return PretrainData(md, pools, bank, query if cfg.knn_every else None, knn_by, weights, probes)
 
 
 def _build_ssl(cfg: PretrainConfig, unet, data: PretrainData):
@@ -105,13 +115,20 @@ def warmup_steps(warmup_epochs: float | None, steps_per_epoch: int, total: int) 
     return steps
 
 
+def ssl_augment(cfg: PretrainConfig):
+    """The two-view augmentation a run uses: the preset, then the method's changes, then ``augment``."""
+    from medssl_utils.data.transforms import SSLAugment, ssl_preset
+
+    return SSLAugment(output_size=cfg.image_size, **{**ssl_preset(cfg.augment_preset, cfg.image_size),
+                                                     **METHOD_AUGMENT.get(cfg.method, {}), **cfg.augment})
+
+
 def pretrain(cfg: PretrainConfig | None = None, **params) -> dict:
     """Run (or resume, or return the finished) pretraining described by ``cfg`` / ``params``."""
     return loop.run_guarded(cfg or PretrainConfig(**params), "pretrain", _pretrain)
 
 
 def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
-    from medssl_utils.data.transforms import SSLAugment
     from medssl_utils.models import build_unet, decoder_state, describe_lineage, encoder_state, save_checkpoint
 
     fabric = loop.make_fabric(cfg.device, cfg.precision, cfg.devices)
@@ -125,7 +142,14 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
     torch.manual_seed(cfg.seed)
     unet = build_unet(cfg.encoder, num_classes=2, init=cfg.init, decoder_channels=cfg.decoder_channels)
     start_lineage = unet.medssl_init["lineage"]
+    start_weights = loop.conv_weights(unet.encoder)  # encoder_shift is measured from here
     model = _build_ssl(cfg, unet, data)
+    raw_ssl = model
+    # what the encoder was fed: HSSL z-scores every view per image (standardize=True); fine-tuning must match
+    input_norm = "image" if cfg.method == "hssl" and getattr(raw_ssl, "standardize", False) else "volume"
+    transform = None
+    if input_norm == "image":
+        from medssl_utils.models.hssl import standardize_views as transform
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     wd = cfg.weight_decay if cfg.weight_decay is not None else (1.5e-6 if cfg.optimizer == "lars" else 1e-4)
@@ -139,7 +163,7 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
         start, extra = loop.load_state(last, loop.unwrap(model), optimizer)
         earlier_s = float(extra.get("elapsed_s", 0.0))
         rd.load_history(start)
-    aug = SSLAugment(output_size=cfg.image_size, **{**METHOD_AUGMENT.get(cfg.method, {}), **cfg.augment})
+    aug = ssl_augment(cfg)
     loader = fabric.setup_dataloaders(
         DataLoader(data.dataset, batch_sampler=loop.StreamBatchSampler(n, cfg.batch_size, cfg.seed, start, total,
                                                                   data.weights, fabric.global_rank, fabric.world_size),
@@ -147,11 +171,14 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
         use_distributed_sampler=False)
     stage = {"method": cfg.method, "data": list(cfg.datasets), "init": cfg.init,
              "parent": cfg.init if Path(str(cfg.init)).suffix == ".pt" else None,
-             "encoder": cfg.encoder, "image_size": cfg.image_size, "seed": cfg.seed, "pool": data.pools}
+             "encoder": cfg.encoder, "image_size": cfg.image_size, "seed": cfg.seed, "pool": data.pools,
+             "input_norm": input_norm}
 
     def save_medssl(path: Path, epochs_done: int) -> str:
         raw = loop.unwrap(model)
-        dec = decoder_state(unet) if cfg.method == "hssl" and getattr(raw, "pretrain_decoder", True) else None
+        # a decoder is saved only when the method trained it (HSSL with pretrain_decoder=True); BYOL, SimCLR
+        # and encoder-only HSSL leave it random, and a random decoder must never load as "pretrained"
+        dec = decoder_state(unet) if getattr(raw, "pretrain_decoder", False) else None
         if fabric.is_global_zero:
             save_checkpoint(path, encoder_state=encoder_state(unet), decoder_state=dec, encoder_name=cfg.encoder,
                             in_channels=1, lineage_stage={**stage, "epochs": epochs_done},
@@ -159,19 +186,63 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
         fabric.barrier()
         return str(path)
 
-    def knn_now() -> float | None:
+    def knn_now() -> dict | None:
         if data.query is None:
             return None
-        from medssl_utils.models.knn import knn_probe
+        from medssl_utils.models.knn import knn_evaluate
 
-        return knn_probe(loop.unwrap(model), data.bank, data.query, by=data.knn_by, device=fabric.device)
+        return knn_evaluate(loop.unwrap(model), data.bank, data.query, by=data.knn_by, device=fabric.device)
+
+    probe_rows: list[dict] = []
+    if start and (rd.path / "probes.csv").is_file():
+        import pandas as pd
+
+        probe_rows = [r for r in pd.read_csv(rd.path / "probes.csv").to_dict("records") if r["step"] <= start]
+
+    def probe_now(done: int) -> float | None:
+        """Dense linear probe of the online encoder on every labelled dataset, every probe seed."""
+        if not data.probes:  # every process probes the same weights (only rank 0 writes probes.csv)
+            return None
+        from medssl_utils.training.probe import dense_probe
+
+        values = []
+        for pdata in data.probes:
+            for seed in range(cfg.probe_seeds):
+                r = dense_probe(unet.encoder, pdata, seed, train_slices=cfg.probe_slices, steps=cfg.probe_steps,
+                                device=fabric.device, channels_last=cfg.channels_last, transform=transform)
+                probe_rows.append({"step": done, "epoch": round(done / steps_per_epoch, 4), "dataset": pdata.dataset,
+                                   "seed": seed, "dense_dice": r["dense_dice"],
+                                   **{f"dice_{k}": v for k, v in r["dice"].items()},
+                                   "train_slices": r["train_slices"], "val_slices": r["val_slices"]})
+                values.append(r["dense_dice"])
+        import pandas as pd
+
+        rd.write_text("probes.csv", pd.DataFrame(probe_rows).to_csv(index=False))
+        return float(np.mean(values))
+
+    def evaluation_row(done: int, knn: bool, probe: bool) -> dict | None:
+        """k-NN and / or dense probe, and how far the encoder moved, as one history row (or None)."""
+        row = {}
+        if knn:
+            res = knn_now()
+            if res is not None:
+                row.update({"knn_acc": res["acc"], "knn_chance_majority": res["chance_majority"],
+                            "knn_chance_frequency": res["chance_frequency"]})
+        if probe:
+            value = probe_now(done)
+            if value is not None:
+                row["probe_dice"] = value
+        if not row:
+            return None
+        return {"step": done, "epoch": done / steps_per_epoch, "time_s": round(time.perf_counter() - t0, 3), **row,
+                "encoder_shift": loop.encoder_shift(unet.encoder, start_weights)}
 
     checkpoints = {str(e): str(rd.checkpoints / f"epoch_{e}.pt") for e in cfg.save_epochs
                    if (rd.checkpoints / f"epoch_{e}.pt").is_file()}
     if start == 0:
-        acc = knn_now()
-        if acc is not None:
-            rd.log({"step": 0, "epoch": 0, "time_s": 0.0, "knn_acc": acc})
+        row = evaluation_row(0, bool(cfg.knn_every), bool(cfg.probe_every))
+        if row is not None:
+            rd.log({**row, "epoch": 0, "time_s": 0.0})
     bar = progress(total, f"pretrain {cfg.method}", cfg.progress, initial=start)
     # images/s and train_s count training only: the clock pauses for checkpoints and k-NN probes
     train_time, window, images, run_loss, run_n = 0.0, 0.0, 0, 0.0, 0
@@ -218,11 +289,12 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
                 ep = done // steps_per_epoch
                 if done % steps_per_epoch == 0 and ep in cfg.save_epochs:
                     checkpoints[str(ep)] = save_medssl(rd.checkpoints / f"epoch_{ep}.pt", ep)
-                if cfg.knn_every and (ep % cfg.knn_every == 0 or done == total):
-                    acc = knn_now()
-                    if acc is not None:
-                        rd.log({"step": done, "epoch": done / steps_per_epoch,
-                                "time_s": round(time.perf_counter() - t0, 3), "knn_acc": acc})
+                saved = done % steps_per_epoch == 0 and ep in cfg.save_epochs
+                knn = bool(cfg.knn_every) and (ep % cfg.knn_every == 0 or done == total)
+                probe = bool(cfg.probe_every) and (ep % cfg.probe_every == 0 or done == total or saved)
+                row = evaluation_row(done, knn, probe)
+                if row is not None:
+                    rd.log(row)
                 if fabric.is_global_zero:
                     loop.save_state(rd.checkpoints / "last.pt", done, loop.unwrap(model), optimizer,
                                     {"elapsed_s": earlier_s + time.perf_counter() - t0})
@@ -241,14 +313,21 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
     from medssl_utils.models import load_checkpoint
 
     lineage = load_checkpoint(final)["lineage"]
-    knn_values = [r["knn_acc"] for r in rd.rows if r.get("knn_acc") is not None]
+    knn_rows = [r for r in rd.rows if r.get("knn_acc") is not None]
+    probe = _probe_summary(probe_rows, total, cfg)
     result = {
         "status": "complete", "kind": "pretrain", "error": None, "method": cfg.method, "datasets": cfg.datasets,
         "init": cfg.init, "lineage": lineage, "lineage_name": describe_lineage(lineage), "steps": total,
         "epochs": epochs_done, "seed": cfg.seed, "slices_in_pool": n, "checkpoint": final, "checkpoints": checkpoints,
-        "knn": {"by": data.knn_by, "first": knn_values[0] if knn_values else None,
-                "last": knn_values[-1] if knn_values else None},
+        "knn": {"by": data.knn_by, "first": knn_rows[0]["knn_acc"] if knn_rows else None,
+                "last": knn_rows[-1]["knn_acc"] if knn_rows else None,
+                "chance_majority": knn_rows[-1]["knn_chance_majority"] if knn_rows else None,
+                "chance_frequency": knn_rows[-1]["knn_chance_frequency"] if knn_rows else None,
+                "batchnorm": "recomputed on the bank before every evaluation"},
+        "probe": probe,
+        "encoder_shift": loop.encoder_shift(unet.encoder, start_weights),
         "final_loss": next((r["loss"] for r in reversed(rd.rows) if "loss" in r), None),
+        "input_norm": input_norm, "augment": {k: list(v) if isinstance(v, tuple) else v for k, v in aug.config().items()}, "optimizer": cfg.optimizer,
         "schedule": {"base_lr": base_lr, "warmup_steps": warmup, "steps_per_epoch": steps_per_epoch,
                      **({"base_momentum": loop.unwrap(model).resolved_base_momentum(total)}
                         if cfg.method == "byol" else {})},
@@ -261,3 +340,30 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
     rd.write_result(result)  # rank 0 only (RunDir.writer)
     return result
 
+
+def _probe_summary(rows: list[dict], total: int, cfg: PretrainConfig) -> dict | None:
+    """result.json's ``probe``: the dense probe of the final encoder (mean over seeds and datasets),
+    its spread, and the probe at step 0 (the init), from the rows of ``probes.csv``."""
+    if not rows:
+        return None
+    import pandas as pd
+
+    table = pd.DataFrame(rows)
+
+    def at(step):
+        sub = table[table["step"] == step]
+        if not len(sub):
+            return None
+        per_seed = sub.groupby("seed")["dense_dice"].mean()
+        return {"step": int(step), "dense_dice": float(per_seed.mean()),
+                "sd_over_seeds": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else None,
+                "per_seed": [float(v) for v in per_seed], "per_dataset": {
+                    str(d): float(v) for d, v in sub.groupby("dataset")["dense_dice"].mean().items()}}
+
+    final = at(int(table["step"].max()))
+    return {**final, "first": at(0), "seeds": sorted(int(s) for s in table["seed"].unique()),
+            "datasets": sorted(str(d) for d in table["dataset"].unique()),
+            "train_slices": int(table["train_slices"].max()), "val_slices": int(table["val_slices"].max()),
+            "classifier_steps": cfg.probe_steps, "file": "probes.csv",
+            "protocol": "per-pixel logistic regression on the frozen encoder's stage 1-5 features upsampled to the "
+                        "image, BatchNorm statistics recomputed on the probe's training slices (training.probe)"}
