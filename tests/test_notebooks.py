@@ -73,7 +73,8 @@ def test_explore_data_rejects_bad_parameter(tmp_path, instructor):
         run("00_explore_data.ipynb", tmp_path, instructor, dataset="nifti:/x")
 
 
-TOY = dict(encoder="test_resnet", image_size=32, decoder_channels=[16, 8, 8, 8, 8], device="cpu")
+TOY = dict(encoder="test_resnet", image_size=32, decoder_channels=[16, 8, 8, 8, 8], device="cpu", probe_slices=8,
+           probe_val_slices=8, probe_steps=10)
 CARDIAC = "phantom:cardiac?cases=4"
 
 
@@ -90,8 +91,10 @@ def test_pretrain_finetune_analysis_toy(tmp_path, instructor):
     pre_dir = tmp_path / "results" / "pretrain" / "byol-cardiac"
     nb = run("01_pretrain.ipynb", tmp_path, instructor, method="byol", datasets=[CARDIAC], epochs=2, batch_size=48,
              save_epochs=[1], method_options={"hidden_dim": 64, "predictor_hidden_dim": 64, "projection_dim": 16},
-             optimizer="adamw", run_dir=str(pre_dir), **TOY)
-    assert _images(nb) >= 2 and json.loads((pre_dir / "result.json").read_text())["status"] == "complete"
+             optimizer="adamw", run_dir=str(pre_dir), probe_seeds=1, **TOY)
+    pre_result = json.loads((pre_dir / "result.json").read_text())
+    assert _images(nb) >= 2 and pre_result["status"] == "complete" and pre_result["probe"]["first"]["step"] == 0
+    assert "dense probe" in _text(nb)
     assert _exercises_pass(nb, 1)
     ckpt = str(pre_dir / "checkpoints" / "final.pt")
     for strategy, init in (("random", "random"), ("byol-cardiac", ckpt)):
