@@ -425,9 +425,18 @@ def fig_probe(probes: pd.DataFrame) -> Figure | None:
 def fig_pretraining_length(probe_curve: pd.DataFrame, finetune_curve: pd.DataFrame) -> Figure | None:
     """Pretraining-length curve: dense-probe Dice (left) and fine-tuned test Dice (right) against the
     pretraining step of the checkpoint, per stage; bands / bars = t 95 % CI over seeds."""
-    have_ft = finetune_curve is not None and len(finetune_curve)
     if probe_curve is None or not len(probe_curve):
         return None
+
+    def curves_only(table, keys):
+        """Stages with 3 or more points (a curve, not just start and end), when there are any."""
+        points = table.groupby(keys)["step"].transform("nunique")
+        return table[points >= 3] if (points >= 3).any() else table
+
+    probe_curve = curves_only(probe_curve, ["stage", "dataset"])
+    if finetune_curve is not None and len(finetune_curve):
+        finetune_curve = curves_only(finetune_curve, ["stage", "dataset", "budget"])
+    have_ft = finetune_curve is not None and len(finetune_curve)
     fig, axes = _figure(2 if have_ft else 1, ncols=2, size=(5.0, 3.3))
     stages = sorted(set(probe_curve["stage"]) | (set(finetune_curve["stage"]) if have_ft else set()))
     palette = _palette(stages)
@@ -437,18 +446,21 @@ def fig_pretraining_length(probe_curve: pd.DataFrame, finetune_curve: pd.DataFra
             label = stage if probe_curve["dataset"].nunique() == 1 else f"{stage} · {dataset}"
             axes[0].plot(d["step"], d["probe_dice_mean"], marker="o", ms=3, color=palette[stage], label=label)
             axes[0].fill_between(d["step"], d["ci_low"], d["ci_high"], color=palette[stage], alpha=0.15, lw=0)
+    axes[0].set_ylim(0, 1)
     axes[0].set_xlabel("pretraining step of the checkpoint")
     axes[0].set_ylabel("dense probe: validation Dice")
     axes[0].grid(alpha=0.3)
     axes[0].set_title(f"probe · {_seeds(probe_curve['n'])} probe seeds per point", fontsize=8)
     if have_ft:
         styles = {b: m for b, m in zip(sorted(finetune_curve["budget"].unique()), "osD^v<>")}
-        for (stage, budget), d in finetune_curve.groupby(["stage", "budget"]):
+        several = finetune_curve["dataset"].nunique() > 1
+        for (stage, dataset, budget), d in finetune_curve.groupby(["stage", "dataset", "budget"]):
             d = d.sort_values("step")
             err = [np.nan_to_num((d["test_dice_mean"] - d["ci_low"]).to_numpy(float)),
                    np.nan_to_num((d["ci_high"] - d["test_dice_mean"]).to_numpy(float))]
             axes[1].errorbar(d["step"], d["test_dice_mean"], yerr=err, marker=styles[budget], ms=4, capsize=2,
-                             color=palette[stage], label=f"{stage}, {budget}")
+                             color=palette[stage], label=f"{stage}{' · ' + dataset if several else ''}, {budget}")
+        axes[1].set_ylim(0, 1)
         axes[1].set_xlabel("pretraining step of the checkpoint fine-tuned from")
         axes[1].set_ylabel("fine-tuned test Dice")
         axes[1].grid(alpha=0.3)

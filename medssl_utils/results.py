@@ -1093,16 +1093,16 @@ def pretraining_curve(runs: pd.DataFrame, probes: pd.DataFrame) -> tuple[pd.Data
         mine["step"] = (mine["epoch"] * per_epoch).round()
         lineage = str(srow["lineage_name"] or "")
         start_role = "imagenet" if lineage.startswith("ImageNet") else "scratch" if lineage.startswith("random") else None
-        dataset = mine["dataset"].iloc[0]
-        if start_role:
-            base = ft[(ft["role"] == start_role) & (ft["dataset"] == dataset)]
-            mine = pd.concat([mine, base.assign(epoch=0.0, step=0.0)])
-        for (budget, step), g in mine.groupby(["budget", "step"], sort=True):
-            mean, sd, low, high = _t_ci(g["test_mean_dice"])
-            rows.append({"stage": stage, "dataset": dataset, "budget": budget,
-                         "strategy": ", ".join(sorted(g["strategy"].unique())), "step": step,
-                         "epoch": g["epoch"].iloc[0], "n": len(g), "test_dice_mean": mean, "test_dice_sd": sd,
-                         "ci_low": low, "ci_high": high})
+        for dataset, here in mine.groupby("dataset", sort=True):
+            if start_role:
+                base = ft[(ft["role"] == start_role) & (ft["dataset"] == dataset)]
+                here = pd.concat([here, base.assign(epoch=0.0, step=0.0)])
+            for (budget, step), g in here.groupby(["budget", "step"], sort=True):
+                mean, sd, low, high = _t_ci(g["test_mean_dice"])
+                rows.append({"stage": stage, "dataset": dataset, "budget": budget,
+                             "strategy": ", ".join(sorted(g["strategy"].unique())), "step": step,
+                             "epoch": g["epoch"].iloc[0], "n": len(g), "test_dice_mean": mean, "test_dice_sd": sd,
+                             "ci_low": low, "ci_high": high})
     return pd.DataFrame(curve, columns=CURVE_COLUMNS), pd.DataFrame(rows, columns=CURVE_FT_COLUMNS)
 
 
