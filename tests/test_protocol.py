@@ -48,7 +48,13 @@ def encoder_of(ckpt_or_init, seed=0):
 
 
 # ============================================================================ fine-tuning that can keep an init
-def test_encoder_lr_scale_and_frozen_phase(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def byol_run(tmp_path_factory):
+    """One short BYOL run shared by the tests that need a pretrained checkpoint."""
+    return pre(tmp_path_factory.mktemp("byol") / "p", max_steps=4)
+
+
+def test_encoder_lr_scale_frozen_phase_and_work_a_recipe(tmp_path, monkeypatch):
     seen = []
     real = loop.optimise
 
@@ -58,30 +64,27 @@ def test_encoder_lr_scale_and_frozen_phase(tmp_path, monkeypatch):
         before = {n: p.detach().clone() for n, p in loop.unwrap(model).named_parameters()}
         real(fabric, model, optimizer, loss, grad_clip, frozen=frozen)
         moved = {n for n, p in loop.unwrap(model).named_parameters() if not torch.equal(before[n], p.detach())}
-        seen.append((groups, moved, len(frozen)))
+        seen.append((groups, moved, len(frozen), grad_clip))
 
     monkeypatch.setattr(loop, "optimise", spy)
-    r = fin(tmp_path / "a", encoder_lr_scale=0.1, freeze_encoder_steps=3, lr=1e-2)
-    assert r["schedule"]["encoder_lr_scale"] == 0.1 and r["schedule"]["freeze_encoder_steps"] == 3
-    for step, (groups, moved, n_frozen) in enumerate(seen):
+    r = fin(tmp_path / "a", recipe="work-a", encoder_lr_scale=0.1, freeze_encoder_steps=3)
+    sched = r["schedule"]
+    assert (sched["encoder_lr_scale"], sched["freeze_encoder_steps"], sched["lr"], sched["loss"]) == \
+        (0.1, 3, 1e-4, "jaccard")
+    for step, (groups, moved, n_frozen, clip) in enumerate(seen):
+        assert clip == 5.0  # Work A's gradient clipping
         for lr, scale, has_encoder in groups:
             # every group of the encoder runs at a tenth of the schedule's rate, the others at the rate itself
             assert scale == (0.1 if has_encoder else 1.0)
-            assert lr == pytest.approx(scale * loop.lr_at(step, 6, 1e-2, r["schedule"]["warmup_steps"]))
+            assert lr == pytest.approx(scale * loop.lr_at(step, 6, 1e-4, sched["warmup_steps"], 1e-6))
         encoder_moved = any(n.startswith("encoder.") for n in moved)
         assert encoder_moved == (step >= 3), step  # frozen for exactly the first 3 steps
         assert any(n.startswith("decoder.") for n in moved)
-    assert all(n > 0 for _, _, n in seen[:3]) and [n for _, _, n in seen[3:]] == [0, 0, 0]
-
-
-def test_frozen_run_leaves_the_encoder_where_it_started(tmp_path):
-    r = fin(tmp_path / "f", freeze_encoder_steps=6, max_steps=6)
-    assert r["encoder_shift"] == 0.0  # parameters never moved (BatchNorm statistics are not weights)
-    moving = fin(tmp_path / "m", max_steps=6)
-    assert moving["encoder_shift"] > 0
-    hist = pd.read_csv(tmp_path / "m" / "history.csv").dropna(subset=["val_dice"])
-    assert list(hist["encoder_shift"])[0] == 0.0 and hist["encoder_shift"].iloc[-1] == pytest.approx(
-        moving["encoder_shift"])
+    assert all(n > 0 for _, _, n, _ in seen[:3]) and [n for _, _, n, _ in seen[3:]] == [0, 0, 0]
+    # how far the encoder moved: not at all while frozen (evaluation at step 3), then it moves
+    hist = pd.read_csv(tmp_path / "a" / "history.csv").dropna(subset=["val_dice"]).set_index("step")
+    assert hist.loc[0, "encoder_shift"] == 0.0 and hist.loc[3, "encoder_shift"] == 0.0
+    assert hist.loc[6, "encoder_shift"] == pytest.approx(r["encoder_shift"]) and r["encoder_shift"] > 0
 
 
 def test_recipes_fill_what_is_left_none():
@@ -104,25 +107,15 @@ def test_recipes_fill_what_is_left_none():
             training.FinetuneConfig(labelled_slices=4, max_steps=300, run_dir="x", **bad)
 
 
-def test_work_a_recipe_clips_gradients(tmp_path, monkeypatch):
-    clips = []
-    real = loop.optimise
-    monkeypatch.setattr(loop, "optimise", lambda f, m, o, l, g, frozen=(): (clips.append(g), real(f, m, o, l, g, frozen)))
-    r = fin(tmp_path / "w", recipe="work-a")
-    assert set(clips) == {5.0} and r["schedule"]["loss"] == "jaccard" and r["schedule"]["lr"] == 1e-4
-
-
 # ============================================================================ encoder displacement
-def test_encoder_shift_is_the_median_relative_change_of_the_conv_weights(tmp_path):
-    r = pre(tmp_path / "p", max_steps=4)
+def test_encoder_shift_is_the_median_relative_change_of_the_conv_weights(tmp_path, byol_run):
+    r = byol_run
     start = encoder_of("random", seed=0)
     end = encoder_of(r["checkpoint"])
     ratios = [float((pe.detach() - ps.detach()).norm() / ps.detach().norm()) for (n, ps), pe in
               zip(start.named_parameters(), end.parameters()) if ps.ndim == 4]
     assert r["encoder_shift"] == pytest.approx(float(np.median(ratios)), rel=1e-5)
     assert r["encoder_shift"] > 0
-    ft = fin(tmp_path / "f", init=r["checkpoint"], max_steps=3, eval_every=3)
-    assert ft["encoder_shift"] > 0 and ft["encoder_shift"] != r["encoder_shift"]
 
 
 # ============================================================================ the dense probe
@@ -243,6 +236,11 @@ def test_knn_at_step_0_does_not_depend_on_the_running_statistics(tmp_path, monke
     first = [pd.read_csv(tmp_path / d / "history.csv").dropna(subset=["knn_acc"]).iloc[0] for d in ("plain", "odd")]
     assert first[0]["step"] == 0 and first[0]["knn_acc"] == first[1]["knn_acc"]
     assert plain["knn"]["first"] == odd["knn"]["first"]
+    # logged with both chance levels, at step 0 and at the end
+    knn = plain["knn"]
+    assert 0 <= knn["chance_majority"] <= 1 and 0 <= knn["chance_frequency"] <= 1
+    hist = pd.read_csv(tmp_path / "plain" / "history.csv").dropna(subset=["knn_acc"])
+    assert hist["step"].tolist() == [0, 1] and hist["knn_chance_majority"].notna().all()
 
 
 def test_knn_evaluate_restores_the_statistics():
@@ -266,14 +264,6 @@ def test_knn_chance_levels():
     c = chance_levels([0, 0, 0, 1], [0, 1, 1, 2])
     assert c["chance_majority"] == pytest.approx(0.25)  # always class 0 (the bank's majority)
     assert c["chance_frequency"] == pytest.approx(0.75 * 0.25 + 0.25 * 0.5)
-
-
-def test_pretraining_logs_knn_with_chance_levels(tmp_path):
-    r = pre(tmp_path / "k", max_steps=2, knn_every=1, knn_max_bank=40, knn_max_query=20)
-    knn = r["knn"]
-    assert knn["first"] is not None and 0 <= knn["chance_majority"] <= 1 and 0 <= knn["chance_frequency"] <= 1
-    hist = pd.read_csv(tmp_path / "k" / "history.csv").dropna(subset=["knn_acc"])
-    assert hist["step"].tolist() == [0, 2] and hist["knn_chance_majority"].notna().all()
 
 
 # ============================================================================ augmentation for small images
@@ -301,20 +291,26 @@ def test_pretraining_uses_and_records_its_augmentation(tmp_path):
 HSSL_OPTS = dict(hidden_dim=32, projection_dim=16, dense_hidden_dim=16, dense_dim=8)
 
 
-def test_encoder_only_hssl_saves_no_decoder(tmp_path):
-    r = pre(tmp_path / "h", method="hssl", max_steps=2, method_options={
+@pytest.fixture(scope="module")
+def hssl_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hssl")
+    encoder_only = pre(root / "enc", method="hssl", max_steps=2, method_options={
         **HSSL_OPTS, "pretrain_decoder": False, "weights": {"image": 1.0, "task": 0.0, "group": 0.0, "dense": 0.0}})
-    assert load_checkpoint(r["checkpoint"])["decoder"] is None  # its decoder never trained
-    ft = fin(tmp_path / "f", init=r["checkpoint"], input_norm="image", max_steps=1, eval_every=1)
-    assert ft["load_decoder"] is False
-    full = pre(tmp_path / "h2", method="hssl", max_steps=2, method_options={
+    full = pre(root / "full", method="hssl", max_steps=2, method_options={
         **HSSL_OPTS, "weights": {"image": 1.0, "task": 0.0, "group": 0.0, "dense": 1.0}})
+    return encoder_only, full
+
+
+def test_encoder_only_hssl_saves_no_decoder(tmp_path, hssl_runs):
+    encoder_only, full = hssl_runs
+    assert load_checkpoint(encoder_only["checkpoint"])["decoder"] is None  # its decoder never trained
     assert load_checkpoint(full["checkpoint"])["decoder"] is not None
+    ft = fin(tmp_path / "f", init=encoder_only["checkpoint"], input_norm="image", max_steps=1, eval_every=1)
+    assert ft["load_decoder"] is False
 
 
-def test_finetuning_feeds_what_hssl_pretraining_fed(tmp_path, monkeypatch):
-    r = pre(tmp_path / "h", method="hssl", max_steps=1, method_options={
-        **HSSL_OPTS, "weights": {"image": 1.0, "task": 0.0, "group": 0.0, "dense": 1.0}})
+def test_finetuning_feeds_what_hssl_pretraining_fed(tmp_path, monkeypatch, hssl_runs, byol_run):
+    r = hssl_runs[1]
     assert r["input_norm"] == "image" and load_checkpoint(r["checkpoint"])["lineage"][-1]["input_norm"] == "image"
     with pytest.raises(ParameterError, match="input_norm='volume'.*per-image z-scored views.*input_norm='image'"):
         fin(tmp_path / "v", init=r["checkpoint"], max_steps=1, eval_every=1)
@@ -325,9 +321,8 @@ def test_finetuning_feeds_what_hssl_pretraining_fed(tmp_path, monkeypatch):
     monkeypatch.setattr(unet_mod, "standardize_images", lambda x, eps=1e-5: (seen.append(x.shape), real(x, eps))[1])
     ft = fin(tmp_path / "i", init=r["checkpoint"], input_norm="image", max_steps=1, eval_every=1)
     assert ft["input_norm"] == "image" and seen  # every input went through the per-image z-score
-    byol = pre(tmp_path / "b", max_steps=1)
     with pytest.raises(ParameterError, match="input_norm='image'.*normalised per volume"):
-        fin(tmp_path / "bi", init=byol["checkpoint"], input_norm="image", max_steps=1, eval_every=1)
+        fin(tmp_path / "bi", init=byol_run["checkpoint"], input_norm="image", max_steps=1, eval_every=1)
 
 
 # ============================================================================ LARS as Work A ran it
