@@ -17,13 +17,12 @@ from pathlib import Path
 
 import nbformat
 import pytest
-import yaml
 
 from medssl_utils import selection
 from medssl_utils import study as st
 from medssl_utils.errors import ParameterError
 from medssl_utils.study import checks
-from test_study import in_process, log_lines, write_notebook
+from test_study import in_process, log_lines, make_study, write_notebook
 
 SWEEP_BODY = """
 import json, os, pathlib
@@ -81,14 +80,6 @@ def nbs(tmp_path) -> dict:
     d.mkdir()
     return {"pretrain": str(write_notebook(d / "pre.ipynb", "pretrain")),
             "finetune": str(write_sweep_notebook(d / "fine.ipynb"))}
-
-
-def make_study(tmp_path: Path, nbs: dict, name: str = "s", **sections) -> Path:
-    doc = {"name": name, "results_dir": "results", "notebooks": nbs,
-           "defaults": {"log": str(tmp_path / "log.txt")}, **sections}
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
 
 
 def executed(tmp_path: Path, results: str = "results") -> list[str]:
