@@ -1070,8 +1070,8 @@ def pretraining_curve(runs: pd.DataFrame, probes: pd.DataFrame) -> tuple[pd.Data
     Probe curve: per stage, dataset and probed step, the dense-probe Dice mean, SD and t 95 % CI over
     the probe seeds (``probes.csv``). Fine-tuned curve: per stage, budget and checkpoint the runs were
     fine-tuned from (``stage:NAME@E`` → epoch E; ``stage:NAME`` → the stage's last step; the stage's own
-    start — random init or ImageNet — at step 0 when an arm with that init exists), test Dice mean, SD
-    and t 95 % CI over seeds.
+    start — random init, ImageNet, or in a chain the previous stage's checkpoint — at step 0 when an arm
+    fine-tuned from it exists), test Dice mean, SD and t 95 % CI over seeds.
     """
     curve = []
     for (stage, dataset, step), g in probes.groupby(["stage", "dataset", "step"], sort=True):
@@ -1091,11 +1091,17 @@ def pretraining_curve(runs: pd.DataFrame, probes: pd.DataFrame) -> tuple[pd.Data
             continue
         mine["epoch"] = mine["stage_epoch"].fillna(epochs)
         mine["step"] = (mine["epoch"] * per_epoch).round()
-        lineage = str(srow["lineage_name"] or "")
-        start_role = "imagenet" if lineage.startswith("ImageNet") else "scratch" if lineage.startswith("random") else None
+        start = str(srow["init"] or "").strip()
         for dataset, here in mine.groupby("dataset", sort=True):
-            if start_role:
-                base = ft[(ft["role"] == start_role) & (ft["dataset"] == dataset)]
+            # step 0: the arm fine-tuned from what the stage started from (random init, ImageNet, or the
+            # checkpoint of the stage before it in a chain)
+            if start.lower() == "random":
+                base = ft[(ft["role"] == "scratch") & (ft["dataset"] == dataset)]
+            elif start.lower() in ("imagenet", "timm"):
+                base = ft[(ft["role"] == "imagenet") & (ft["dataset"] == dataset)]
+            else:
+                base = ft[(ft["init"] == start) & (ft["dataset"] == dataset)]
+            if len(base):
                 here = pd.concat([here, base.assign(epoch=0.0, step=0.0)])
             for (budget, step), g in here.groupby(["budget", "step"], sort=True):
                 mean, sd, low, high = _t_ci(g["test_mean_dice"])

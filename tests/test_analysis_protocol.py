@@ -21,7 +21,9 @@ CARDIAC = "phantom:cardiac"
 GRID = ["encoder_lr_scale-1", "encoder_lr_scale-0.1"]
 LINEAGES = {"random": [{"method": "random"}],
             "byol": [{"method": "random"}, {"method": "byol", "data": [CARDIAC], "epochs": 4}],
-            "byol@2ep": [{"method": "random"}, {"method": "byol", "data": [CARDIAC], "epochs": 2}]}
+            "byol@2ep": [{"method": "random"}, {"method": "byol", "data": [CARDIAC], "epochs": 2}],
+            "chain": [{"method": "random"}, {"method": "byol", "data": [CARDIAC], "epochs": 4},
+                      {"method": "byol", "data": [CARDIAC], "epochs": 1}]}
 
 
 def write(run_dir: Path, params: dict, result: dict, study: dict, history=None, extra: dict | None = None):
@@ -135,7 +137,7 @@ def test_pretraining_length_curve(tmp_path):
     rows = [{"step": step, "epoch": step / 10, "dataset": CARDIAC, "seed": seed, "dense_dice": 0.1 + step / 100 + seed
              / 100, "train_slices": 8, "val_slices": 8} for step in (0, 20, 40) for seed in (0, 1, 2)]
     write(root / "pretrain" / "byol", {"datasets": [CARDIAC]},
-          {"status": "complete", "kind": "pretrain", "datasets": [CARDIAC], "lineage": LINEAGES["byol"],
+          {"status": "complete", "kind": "pretrain", "datasets": [CARDIAC], "init": "random", "lineage": LINEAGES["byol"],
            "lineage_name": "random → BYOL(phantom:cardiac, 4 ep)", "steps": 40, "epochs": 4.0, "encoder_shift": 0.2,
            "probe": {"dense_dice": 0.51}},
           {"study": "t", "kind": "pretrain", "stage": "byol"}, pd.DataFrame({"step": [0, 40], "loss": [1, 0]}),
@@ -154,5 +156,17 @@ def test_pretraining_length_curve(tmp_path):
     assert fc.loc[0, "strategy"] == "random" and fc.loc[20, "strategy"] == "byol@2ep"
     assert fc.loc[40, "test_dice_mean"] == pytest.approx(0.61)
     assert an.shifts.set_index("strategy").loc["byol", "pretrain_shift"] == pytest.approx(0.2)
+    # a chain: a stage started from byol's final checkpoint has the byol arm at its step 0
+    write(root / "pretrain" / "chain", {"datasets": [CARDIAC]},
+          {"status": "complete", "kind": "pretrain", "datasets": [CARDIAC], "init": str(ck / "final.pt"),
+           "lineage": LINEAGES["byol"], "lineage_name": "random → BYOL → BYOL", "steps": 10, "epochs": 1.0},
+          {"study": "t", "kind": "pretrain", "stage": "chain"}, pd.DataFrame({"step": [0, 10], "loss": [1, 0]}))
+    for seed in (0, 1, 2):
+        finetune_run(root, "chain", None, seed, 0.6, 0.7, init=str(root / "pretrain" / "chain" / "checkpoints" /
+                                                                 "final.pt"))
+    chain = results.analyse(results.gather(root)).finetune_curve
+    chain = chain[chain["stage"] == "chain"].set_index("step")
+    assert chain.loc[0, "strategy"] == "byol" and chain.loc[0, "n"] == 3
+    assert chain.loc[10, "strategy"] == "chain" and chain.loc[10, "test_dice_mean"] == pytest.approx(0.7)
     fig = report.fig_pretraining_length(an.probe_curve, an.finetune_curve)
     assert fig is not None
