@@ -32,7 +32,8 @@ from labdriver import REPO, Lab, NotebookPage, VolumeBrowserView, find_chromium,
 REDRAW_TARGET_S = 0.3
 REDRAW_LIMIT_S = 5 * REDRAW_TARGET_S
 ARTEFACTS = Path(os.environ.get("MEDSSL_TEST_ARTIFACTS", REPO / "test-artifacts" / "browser"))
-TOY = dict(encoder="test_resnet", image_size=32, decoder_channels=[16, 8, 8, 8, 8], device="cpu")
+TOY = dict(encoder="test_resnet", image_size=32, decoder_channels=[16, 8, 8, 8, 8], device="cpu", probe_slices=8,
+           probe_val_slices=8, probe_steps=10)
 CARDIAC = "phantom:cardiac?cases=4"
 
 pytestmark = pytest.mark.slow

@@ -28,11 +28,11 @@ from medssl_utils import training
 
 out = sys.argv[1]
 tiny = dict(encoder="test_resnet", image_size=32, decoder_channels=(16, 8, 8, 8, 8), progress=False,
-            device="cpu", devices=2)
+            device="cpu", devices=2, probe_slices=8, probe_val_slices=8, probe_steps=10)
 data = "phantom:cardiac?cases=4"
 pre = training.pretrain(method="byol", datasets=[data], epochs=2, batch_size=16, save_epochs=[1],
                         method_options=dict(hidden_dim=64, predictor_hidden_dim=64, projection_dim=16),
-                        optimizer="adamw", knn_max_bank=64, knn_max_query=32, log_every=2,
+                        optimizer="adamw", knn_max_bank=64, knn_max_query=32, log_every=2, probe_seeds=1,
                         run_dir=os.path.join(out, "pre"), **tiny)
 fin = training.finetune(dataset=data, init=pre["checkpoint"], labelled_slices=8, max_steps=6, eval_every=3,
                         batch_size=2, lr=1e-3, log_every=1, run_dir=os.path.join(out, "fin"), **tiny)

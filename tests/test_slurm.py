@@ -351,7 +351,8 @@ def _wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-TOY = {"encoder": "test_resnet", "image_size": 32, "decoder_channels": [16, 8, 8, 8, 8], "device": "cpu"}
+TOY = {"encoder": "test_resnet", "image_size": 32, "decoder_channels": [16, 8, 8, 8, 8], "device": "cpu",
+       "probe_slices": 8, "probe_val_slices": 8, "probe_steps": 10}
 CARDIAC = "phantom:cardiac?cases=4"
 
 
@@ -364,6 +365,7 @@ def test_toy_study_through_slurm_equals_local(tmp_path, slurm_cluster):
            "slurm": {"time": 10, "cpus_per_task": 1},
            "pretrain": {"stages": {"byol": {
                "method": "byol", "datasets": [CARDIAC], "epochs": 1, "batch_size": 48, "optimizer": "adamw",
+               "probe_seeds": 1,
                "method_options": {"hidden_dim": 64, "predictor_hidden_dim": 64, "projection_dim": 16}}}},
            "finetune": {"dataset": CARDIAC, "labelled_slices": [6], "seeds": [0],
                         "params": {"max_steps": 4, "eval_every": 2, "batch_size": 4, "lr": 0.001},

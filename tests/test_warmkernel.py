@@ -145,7 +145,8 @@ def test_a_study_in_warm_kernels_gives_the_results_of_cold_ones(tmp_path):
     from medssl_utils import study as st
 
     doc = {"name": "warm", "results_dir": "results", "defaults": {
-        "encoder": "test_resnet", "image_size": 32, "decoder_channels": [16, 8, 8, 8, 8], "device": "cpu"},
+        "encoder": "test_resnet", "image_size": 32, "decoder_channels": [16, 8, 8, 8, 8], "device": "cpu",
+        "probe_slices": 8, "probe_val_slices": 8, "probe_steps": 10},
         "finetune": {"dataset": "phantom:cardiac?cases=4", "labelled_slices": [6], "seeds": [0],
                      "params": {"max_steps": 4, "eval_every": 2, "batch_size": 4, "lr": 1e-3},
                      "strategies": {"random": "random"}}}
