@@ -492,11 +492,12 @@ def test_shipped_studies_validate():
     quick = st.load_study(STUDIES / "quick.yaml")
     ft = [r for r in quick.runs if r.kind == "finetune"]
     budgets = {r.params["labelled_slices"] for r in ft}
-    assert len(budgets) >= 2 and min(budgets) < 32 and len({r.seed for r in ft}) >= 3
+    assert budgets and max(budgets) < 32 and len({r.seed for r in ft}) >= 3  # few labels, 3 seeds
+    assert len({r.combo for r in ft}) >= 2  # every arm picks its encoder lr scale on validation
     inits = {r.name: r.init for r in ft}
     assert inits["random"] == "random" and inits["supervised-imagenet"] == "imagenet"
     stages = {r.name: r for r in quick.runs if r.kind == "pretrain"}
-    assert {s.params["init"] for s in stages.values()} == {"random", "imagenet"}  # specialist, hierarchical
+    assert {s.params["init"] for s in stages.values()} == {"random"}  # the specialist (BYOL on the domain)
     assert {r.params["encoder"] for r in quick.runs} == {"tf_efficientnet_lite0"}  # one encoder: comparable inits
     assert quick.results_dir == STUDIES.parent / "results" / "quick"
     # at least 4 validation and 4 test patients: Work A's split of the phantom's training patients
@@ -512,11 +513,13 @@ def test_shipped_studies_validate():
     work_a = [r for r in ft if r.task == "cardiac" and "@" not in r.name]
     assert len({r.name for r in work_a}) == 6 and {r.seed for r in ft} == {0, 1, 2}
     slices = {r.params["labelled_slices"] for r in work_a if r.params["labelled_slices"]}
-    assert min(slices) == 1 and any(r.params["labelled_fraction"] == 1.0 for r in work_a)  # 1 to all
-    assert {r.name for r in ft if "@" in r.name} == {f"byol-natural-cardiac@{e}ep" for e in (1, 2, 5)}
+    assert min(slices) <= 8 and any(r.params["labelled_fraction"] == 1.0 for r in work_a)  # few to all
+    assert {r.name for r in ft if "@" in r.name} == {f"byol-natural-cardiac@{e}ep" for e in (1, 2)}
+    assert len({r.combo for r in ft}) >= 2  # the sweep covers every task, random init included
     work_b = [r for r in ft if r.task != "cardiac"]
-    assert len({r.task for r in work_b}) >= 3 and {r.params["labelled_fraction"] for r in work_b} == {0.05, 0.1, 1.0}
-    assert {"scratch", "single-domain", "hssl", "hssl-real"} <= {r.name for r in work_b}
+    assert len({r.task for r in work_b}) >= 3 and {r.params["labelled_fraction"] for r in work_b} == {0.05, 1.0}
+    assert {"scratch", "single-domain", "hssl"} <= {r.name for r in work_b}
+    assert {r.params["input_norm"] for r in work_b} == {"image"}  # the same input for every Work B arm
 
     paper = st.load_study(STUDIES / "acdc-paper.yaml")
     ft = [r for r in paper.runs if r.kind == "finetune"]
