@@ -68,13 +68,28 @@ def build_parser() -> argparse.ArgumentParser:
     from medssl_utils.study import add_cli as add_study_cli
 
     add_study_cli(sub)
-    from medssl_utils.report import add_cli as add_report_cli
-
-    add_report_cli(sub)
+    rp = sub.add_parser("report", help="gather run directories and write figures, CSV tables and report.html",
+                        description="Exit status: 0 the report is written and every run could be read; 1 the "
+                                    "report is written but some runs have problems (failed, still running, "
+                                    "unreadable or non-numeric files; each printed as one line); 2 nothing "
+                                    "was written (no runs, a bad folder or option).")
+    rp.add_argument("dirs", nargs="+", metavar="DIR", help="results folder(s) holding run directories")
+    rp.add_argument("--target", type=float, default=0.95,
+                    help="fraction of the best final validation Dice that counts as converged (default 0.95)")
+    rp.add_argument("--reference", default=None,
+                    help="strategy the speed-ups are relative to (default: supervised ImageNet, else random init)")
+    rp.add_argument("--out", default=None, help="output folder (default: DIR/report)")
+    rp.set_defaults(func=_cmd_report)
     from medssl_utils.teach import add_cli as add_teach_cli
 
     add_teach_cli(sub)
     return p
+
+
+def _cmd_report(args) -> int:
+    from medssl_utils.report import run_cli  # pandas, seaborn, matplotlib: imported for this command only
+
+    return run_cli(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,8 +10,9 @@ The declaration
 - ``00_explore_data`` and ``03_analysis``: the small table :data:`NOTEBOOK_ONLY` below (type and
   check of each parameter).
 
-Each notebook's parameters cell lists exactly these names (``tests/test_hostile_inputs.py`` fails
-when they disagree), and its validation cell is ``params.check_notebook(NAME, globals())``, so a
+Each notebook's parameters cell lists exactly these names, with the config class's defaults value
+for value (one set of defaults; :data:`NOTEBOOK_DEFAULTS` names the exceptions and why;
+``tests/test_hostile_inputs.py`` fails when they disagree), and its validation cell is ``params.check_notebook(NAME, globals())``, so a
 value from the cell, from ``papermill -p`` or from a study file goes through the same checks.
 The study runner applies the same declaration to a study file before any run starts
 (:func:`medssl_utils.study.checks.check_parameters`): an unknown name (with close matches) or a
@@ -27,6 +28,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
+import dataclasses
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -267,6 +269,10 @@ NOTEBOOK_ONLY: dict[str, tuple[Param, ...]] = {
 #: Notebooks whose parameters are the fields of a config class (``medssl_utils.training``).
 CONFIG_NOTEBOOKS = {"01_pretrain": "PretrainConfig", "02_finetune": "FinetuneConfig"}
 NOTEBOOKS = ("00_explore_data", "01_pretrain", "02_finetune", "03_analysis")
+#: Parameters whose notebook default differs from the config class's on purpose (and why); every
+#: other default of a config notebook equals the class's, value for value (:func:`cell_disagreements`).
+NOTEBOOK_DEFAULTS = {"run_dir": "the config has none (a run from Python names its folder); "
+                                "the notebook writes to a demo folder under runs/"}
 
 
 def notebook_name(notebook: str | os.PathLike) -> str:
@@ -374,9 +380,20 @@ def read_cell(notebook_path: str | os.PathLike) -> tuple[dict, list[str]]:
     return cell, problems
 
 
+def _same(a, b) -> bool:
+    """Equal as defaults: a list and a tuple of the same items are the same; types count otherwise
+    (``True`` is not ``1``, ``1`` is not ``1.0``)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
 def cell_disagreements(notebook_path: str | os.PathLike) -> list[str]:
     """How a notebook's parameters cell disagrees with :func:`declared` (empty when it agrees):
-    names missing or extra, default values that are not literals or fail the checks, and a
+    names missing or extra, default values that are not literals, fail the checks or differ from
+    the config class's (``01_pretrain``, ``02_finetune``; :data:`NOTEBOOK_DEFAULTS` aside), and a
     validation cell (the next code cell) that does not call :func:`check_notebook` with the
     notebook's name."""
     import nbformat
@@ -395,6 +412,15 @@ def cell_disagreements(notebook_path: str | os.PathLike) -> list[str]:
             check_notebook(name, cell)
         except ParameterError as exc:
             problems.append(f"{path.name}: the parameters cell's defaults fail the checks: {exc}")
+    cls = config_class(name)
+    if cls is not None:  # one set of defaults: the config class's
+        defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                    for f in fields(cls) if f.init}
+        for p, v in cell.items():
+            if p in defaults and p not in NOTEBOOK_DEFAULTS and v is not NOT_LITERAL and not _same(v, defaults[p]):
+                problems.append(f"{path.name}: parameter {p} defaults to {v!r} in the parameters cell but to "
+                                f"{defaults[p]!r} in {cls.__name__} (one set of defaults: change the class, "
+                                "then the cell)")
     code = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
     index = next((i for i, c in enumerate(code) if "parameters" in c.metadata.get("tags", [])), len(code))
     check = code[index + 1].source if index + 1 < len(code) else ""

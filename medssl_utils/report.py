@@ -8,7 +8,7 @@ was computed on and how many seeds stand behind each point; points are means ove
 
 :func:`write_report` writes ``figures/*.png``, ``tables/*.csv`` and ``report.html`` (figures
 embedded, so the one file can be mailed), each file atomically (temp file + rename);
-``report.html`` is written last. :func:`add_cli` registers ``medssl report DIR``.
+``report.html`` is written last. :func:`run_cli` is ``medssl report DIR`` (parsed in :mod:`medssl_utils.cli`).
 
 Typical notebook use::
 
@@ -978,7 +978,8 @@ def write_report(results: R.Results | str | os.PathLike | list, out_dir: str | o
 
 
 # =============================================================================== command line
-def _cmd_report(args) -> int:
+def run_cli(args) -> int:
+    """``medssl report``'s work (its parser: :mod:`medssl_utils.cli`)."""
     res = R.gather(args.dirs)
     page = write_report(res, args.out, target=args.target, reference=args.reference)
     print(res.summary())
@@ -1006,22 +1007,6 @@ def print_problems(problems: pd.DataFrame, file=None) -> int:
     return 1
 
 
-def add_cli(subparsers) -> None:
-    """Register ``report DIR [DIR ...] [--target 0.95] [--reference NAME] [--out DIR]``."""
-    p = subparsers.add_parser("report", help="gather run directories and write figures, CSV tables and report.html",
-                              description="Exit status: 0 the report is written and every run could be read; 1 the "
-                                          "report is written but some runs have problems (failed, still running, "
-                                          "unreadable or non-numeric files; each printed as one line); 2 nothing "
-                                          "was written (no runs, a bad folder or option).")
-    p.add_argument("dirs", nargs="+", metavar="DIR", help="results folder(s) holding run directories")
-    p.add_argument("--target", type=float, default=0.95,
-                   help="fraction of the best final validation Dice that counts as converged (default 0.95)")
-    p.add_argument("--reference", default=None,
-                   help="strategy the speed-ups are relative to (default: supervised ImageNet, else random init)")
-    p.add_argument("--out", default=None, help="output folder (default: DIR/report)")
-    p.set_defaults(func=_cmd_report)
-
-
-__all__ = ["add_cli", "claims_display", "fig_pretraining_length", "fig_probe", "selection_display", "display_tables", "effects_display", "format_claims", "fig_convergence", "fig_error_vs_slices", "fig_hssl",
+__all__ = ["claims_display", "fig_pretraining_length", "fig_probe", "selection_display", "display_tables", "effects_display", "format_claims", "fig_convergence", "fig_error_vs_slices", "fig_hssl",
            "fig_per_structure", "fig_speedup_vs_epochs", "fig_steps_to_target", "figures", "hssl_wide",
            "render_html", "write_report"]

@@ -12,8 +12,6 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pandas as pd
-
 from medssl_utils.errors import DataError, ParameterError
 
 
@@ -131,6 +129,8 @@ class RunDir:
 
     def flush_history(self) -> None:
         if self.rows and self.writer:
+            import pandas as pd  # here, not at the top: the CLI (study status, --help) reads run files without it
+
             atomic_write_text(self.path / "history.csv", pd.DataFrame(self.rows).to_csv(index=False))
 
     def load_history(self, up_to_step: int) -> None:
@@ -138,6 +138,8 @@ class RunDir:
         f = self.path / "history.csv"
         self.rows = []
         if f.is_file():
+            import pandas as pd  # see flush_history
+
             df = pd.read_csv(f)
             df = df[df["step"] <= up_to_step]
             self.rows = [{k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))}

@@ -82,3 +82,15 @@ def test_spec_tag_override(acdc2017):
     assert vs.task == "heart" and vs.group == "cardiac-mr"
     with pytest.raises(ParameterError, match="option cine='maybe'; expected 1 or 0"):
         load_dataset(f"acdc:{acdc2017}?cine=maybe")
+
+
+def test_help_and_light_commands_import_no_heavy_library(tmp_path):
+    """``medssl --help`` and the parser of every command load neither the report's libraries
+    (pandas, seaborn, matplotlib) nor torch: they are imported by the commands that use them."""
+    code = ("import sys\nfrom medssl_utils.cli import build_parser\nbuild_parser().parse_args(['report', 'x'])\n"
+            "print(sorted(m for m in ('pandas', 'seaborn', 'matplotlib', 'torch', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    assert "report" in run_cli("--help").stdout  # the report's parser is still there
+    r = run_cli("report", tmp_path / "nothing-here")
+    assert r.returncode == 2 and "nothing-here" in r.stderr  # and it still runs (imports the report on use)

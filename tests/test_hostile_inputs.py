@@ -72,12 +72,24 @@ def test_a_disagreeing_parameters_cell_is_detected(tmp_path):
     assert any("recalibrate_bn is declared but not in the parameters cell" in p for p in found)
     assert any("recalibrate_bm is in the parameters cell but not declared" in p for p in found)
 
+    def other_default(cell, _):  # a valid value, but not the config class's
+        cell.source = cell.source.replace("image_size = 64", "image_size = 128")
+
+    found = params.cell_disagreements(_edited_copy(tmp_path, "02_finetune", other_default))
+    assert found == ["02_finetune.ipynb: parameter image_size defaults to 128 in the parameters cell but to 64 in "
+                     "FinetuneConfig (one set of defaults: change the class, then the cell)"]
+
+    def list_for_tuple(cell, _):  # [64, 32, ...] in the cell is the class's tuple: the same default
+        assert "decoder_channels = [64, 32, 16, 16, 16]" in cell.source
+
+    assert params.cell_disagreements(_edited_copy(tmp_path, "02_finetune", list_for_tuple)) == []
+
     def bad_default(cell, _):
         cell.source = cell.source.replace("knn_every = 0", "knn_every = -1")
 
     found = params.cell_disagreements(_edited_copy(tmp_path, "01_pretrain", bad_default))
-    assert found == ["01_pretrain.ipynb: the parameters cell's defaults fail the checks: knn_every=-1: "
-                     "expected a whole number >= 0"]
+    assert found[0] == ("01_pretrain.ipynb: the parameters cell's defaults fail the checks: knn_every=-1: "
+                        "expected a whole number >= 0") and "knn_every defaults to -1" in found[1]
 
     def hand_made_check(_, check):
         check.source = "cfg = training.FinetuneConfig(dataset=dataset, run_dir=run_dir)"

@@ -446,10 +446,9 @@ def test_report_without_optional_data_and_cli(tmp_path, capsys, monkeypatch):
                       result=finetune_result(strategy_lineage=LINEAGES["random"], dataset=CARDIAC, seed=seed,
                                              test_dice=0.7, val_final=0.7, slices=n or 200),
                       history=step_history(30, 0.7), test=volume_rows(0.7))
-    import argparse
+    from medssl_utils.cli import build_parser
 
-    parser = argparse.ArgumentParser(prog="medssl")
-    report.add_cli(parser.add_subparsers(dest="command", required=True))
+    parser = build_parser()
     args = parser.parse_args(["report", str(tmp_path / "r"), "--target", "0.9"])
     assert args.func(args) == 0
     out = capsys.readouterr().out

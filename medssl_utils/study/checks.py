@@ -169,7 +169,9 @@ def blocked_runs(study: Study, runs: list[Run] | None = None,
             if encoder is None:
                 if run.kind not in defaults:
                     defaults[run.kind] = _notebook_defaults(study.notebooks[run.kind])
-                encoder = defaults[run.kind].get("encoder", "resnet18")
+                from medssl_utils.training.config import FinetuneConfig  # only here: imports torch
+
+                encoder = defaults[run.kind].get("encoder", FinetuneConfig.encoder)  # a notebook without one
             if encoder not in verdicts:
                 verdicts[encoder] = check(str(encoder))
             ok, reason = verdicts[encoder]
