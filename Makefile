@@ -12,12 +12,12 @@ BOOTSTRAP_PY ?= python3
 DEPS_HASH := $(shell $(BOOTSTRAP_PY) -c "import hashlib;print(hashlib.sha256(open('pyproject.toml','rb').read()).hexdigest()[:12])")
 STAMP := $(VENV)/.medssl-deps-$(DEPS_HASH)
 
-.PHONY: venv test study benchmarks teaching clean-cache
+.PHONY: venv test test-quick study benchmarks teaching clean-cache
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(BOOTSTRAP_PY) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first, pinned to the builds on this machine's disk (see README: GPU notes)
+	# torch first, pinned to the builds on this machine's disk (see docs/gpu.md)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e '.[dev,cluster]'
 	$(PY) -m ipykernel install --prefix $(VENV) --name python3 >/dev/null
@@ -30,6 +30,9 @@ venv: $(STAMP)
 
 test: venv
 	$(PY) -m pytest -q
+
+test-quick: venv  # the unit tests alone (no notebooks, SLURM, browser, DDP, GPU or slow tests)
+	$(PY) -m pytest -q -m "not system and not slow"
 
 STUDY ?= studies/quick.yaml
 WORKERS ?= 2

@@ -10,7 +10,7 @@ Measures, on a fresh cache folder:
   loader     a shuffled DataLoader over the cached slices (batch_size, 0 workers): what
              training does, float32 tensors included
 and reports seconds, slices/s, the cold/cached ratio and the peak memory of the process.
-Numbers come from this run only; the README quotes one run on the development machine.
+Numbers come from this run only; docs/data.md quotes one run on the development machine.
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ if shutil.which("nvidia-smi"):
 json.dump(env, open(out, "w"), indent=2)
 print(json.dumps(env, indent=2))
 if missing:
-    print("missing Python packages (carry them as wheels, README: GPU check): " + "; ".join(missing))
+    print("missing Python packages (carry them as wheels, docs/gpu.md: The GPU check): " + "; ".join(missing))
     sys.exit(3)
 if not dry and not torch.cuda.is_available():
     print("no CUDA GPU visible to torch: run this on a GPU machine, or --dry-run to check the script on CPU")

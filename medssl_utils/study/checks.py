@@ -39,8 +39,8 @@ def timm_weights_available(encoder: str) -> tuple[bool, str]:
     if found.kind == "package":
         return True, f"timm weights for {name!r} come from the installed {found.where}"
     source = f"https://huggingface.co/{cfg.hf_hub_id}" if cfg.hf_hub_id else str(cfg.url)
-    help_ = ("medssl does not substitute random init; to run this arm offline, cache the weights (README: "
-             "ImageNet weights offline) or give init 'file:PATH'")
+    help_ = ("medssl does not substitute random init; to run this arm offline, cache the weights (docs/training.md: "
+             "Supervised ImageNet weights) or give init 'file:PATH'")
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return False, (f"init 'timm': timm's pretrained weights for encoder {name!r} ({source}) are not in the "
                        f"local cache and HF_HUB_OFFLINE is set; {help_}")

@@ -51,7 +51,7 @@ def make_fabric(device: str = "auto", precision: str = "32", devices: int = 1):
         elif _IS_INTERACTIVE or in_notebook_kernel():
             raise ParameterError(f"devices={devices}: multi-process (DDP) training starts one process per device by "
                                  "re-running the calling script, which a notebook kernel cannot do; run it from a "
-                                 "Python script (README: GPU notes) or use devices=1 here")
+                                 "Python script (docs/gpu.md) or use devices=1 here")
     strategy = "ddp" if devices > 1 else "auto"
     fabric = Fabric(accelerator=accel, devices=devices, precision=prec, strategy=strategy)
     fabric.launch()
