@@ -60,6 +60,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from medssl_utils.stats import fit_power_law, t_interval
+
 CLAIMS_COLUMNS = ["claim", "work", "statement", "quantity", "effect", "ci_low", "ci_high", "unit", "null",
                   "ci_method", "n_pairs", "n_runs", "verdict", "note"]
 STATEMENTS = {
@@ -77,20 +79,6 @@ _ABLATION = "@"  # NAME@<E>ep strategies are the pretraining-epochs ablation
 
 
 # ----------------------------------------------------------------------------- statistics
-def t_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
-    """``(mean, low, high)`` of a Student's t interval; low/high NaN with fewer than 2 values."""
-    from scipy import stats
-
-    x = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
-    if len(x) == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return mean, mean - half, mean + half
-
-
 def verdict(low: float, high: float, null: float) -> str:
     """supported / contradicted / inconclusive for an interval against ``null`` (claimed side: above)."""
     if not (np.isfinite(low) and np.isfinite(high)):
@@ -251,8 +239,6 @@ def claim_a3(analysis, ft: pd.DataFrame) -> dict:
 
 
 def _per_seed_exponents(rows: pd.DataFrame) -> list[float]:
-    from medssl_utils.results import fit_power_law
-
     out = []
     for _, seed_rows in rows[rows["labelled_slices"].notna()].groupby(["dataset", "seed"]):
         if seed_rows["labelled_slices"].nunique() >= 3:

@@ -40,6 +40,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from medssl_utils import results as R
+from medssl_utils.claims import format_effect
 from medssl_utils.errors import DataError, check_choice
 
 MAX_PANELS = 12
@@ -872,8 +873,6 @@ def _selection_section(an: R.Analysis) -> str:
 
 def claims_display(claims: pd.DataFrame) -> pd.DataFrame:
     """The claims table as people read it: claim, statement, quantity, effect [95 % CI], verdict, runs, note."""
-    from medssl_utils.claims import format_effect
-
     if not len(claims):
         return claims
     out = pd.DataFrame({
@@ -898,8 +897,6 @@ def effects_display(effects: pd.DataFrame) -> pd.DataFrame:
 
 def format_claims(claims: pd.DataFrame) -> str:
     """One line per claim for a terminal: ``A1  supported     ×2.31 [1.40, 3.81]  (12 pairs)``."""
-    from medssl_utils.claims import format_effect
-
     return "\n".join(f"{r['claim']}  {r['verdict']:<12s} {format_effect(r):<28s} "
                      + (f"({int(r['n_pairs'])} pairs) " if r["verdict"] != "not run" else "")
                      + (r["note"] if r["verdict"] == "not run" else r["quantity"])

@@ -73,7 +73,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medssl_utils import selection as sel
+from medssl_utils.claims import claims_table, effects_table
 from medssl_utils.errors import DataError, ParameterError
+from medssl_utils.rundir import read_json_object
+from medssl_utils.stats import fit_power_law, t_interval
 
 RESULT_FILE = "result.json"
 PARAMS_FILE = "params.json"
@@ -223,8 +227,6 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 def _read_json(path: Path) -> tuple[dict | None, str | None]:
     """``(object, None)`` or ``(None, problem)`` for a missing / unreadable / non-object file."""
-    from medssl_utils.rundir import read_json_object
-
     obj, why = read_json_object(path)
     if obj is None and why is None:
         why = "is missing"
@@ -814,32 +816,6 @@ def error_vs_slices(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=ERROR_COLUMNS)
 
 
-def fit_power_law(n, err) -> dict:
-    """Least-squares fit of ``err = a · n^(−b)`` in log–log space.
-
-    Args:
-        n: numbers of labelled slices (> 0); err: errors (points with err ≤ 0 or non-finite
-            values are excluded and counted).
-
-    Returns:
-        ``{"a", "b", "r2", "n_points", "n_excluded"}``; ``r2`` is R² of ``log err`` on
-        ``log n`` (NaN with fewer than 3 points or no spread); a, b NaN with fewer than 2
-        distinct n.
-    """
-    n, err = np.asarray(n, dtype=float), np.asarray(err, dtype=float)
-    ok = np.isfinite(n) & np.isfinite(err) & (n > 0) & (err > 0)
-    x, y = np.log(n[ok]), np.log(err[ok])
-    out = {"a": math.nan, "b": math.nan, "r2": math.nan, "n_points": int(ok.sum()), "n_excluded": int((~ok).sum())}
-    if len(np.unique(x)) < 2:
-        return out
-    slope, intercept = np.polyfit(x, y, 1)
-    out["a"], out["b"] = float(np.exp(intercept)), float(-slope)
-    ss_tot = float(((y - y.mean()) ** 2).sum())
-    if len(x) >= 3 and ss_tot > 0:
-        out["r2"] = 1.0 - float(((y - (intercept + slope * x)) ** 2).sum()) / ss_tot
-    return out
-
-
 def power_law_fits(errors: pd.DataFrame) -> pd.DataFrame:
     """:func:`fit_power_law` per (dataset, strategy) and metric (``dice``, ``iou``) on the cell
     means of :func:`error_vs_slices`; fits that need two distinct budgets are left out."""
@@ -948,8 +924,6 @@ def selection_table(runs: pd.DataFrame) -> pd.DataFrame:
     selection run (then the winner is chosen among those that have one, and the table says so).
     Cells without a sweep have no rows.
     """
-    from medssl_utils import selection
-
     ft = runs[(runs["kind"] == "finetune") & runs["combo"].notna()]
     if not len(ft):
         return _empty(SELECTION_COLUMNS)
@@ -960,14 +934,14 @@ def selection_table(runs: pd.DataFrame) -> pd.DataFrame:
         done = g[(g["status"] == "complete") & g["seed"].isin(seeds)]
         cands = [{"combo": c, "order": i, "scores": list(done.loc[done["combo"] == c, "val_final_dice"])}
                  for i, c in enumerate(grid)]
-        won = selection.pick(cands)
+        won = sel.pick(cands)
         complete = all(len(c["scores"]) == len(seeds) for c in cands)
         for i, c in enumerate(cands):
             sweep = g.loc[g["combo"] == c["combo"], "sweep"]
             rows.append(dict(zip(CELL, cell)) | {
                 "combo": c["combo"], "order": i, "sweep": sweep.iloc[0] if len(sweep) else None,
                 "selection_seeds": _json_text(seeds), "n_selection_runs": len(c["scores"]),
-                "val_dice_mean": selection.mean_score(c["scores"]), "selected": c["combo"] == won["combo"],
+                "val_dice_mean": sel.mean_score(c["scores"]), "selected": c["combo"] == won["combo"],
                 "tied_with": ", ".join(won["tied"]) if c["combo"] == won["combo"] and won["tied"] else None,
                 "grid_size": len(grid), "grid_complete": complete, "rule": won["rule"]})
     return pd.DataFrame(rows, columns=SELECTION_COLUMNS)
@@ -998,8 +972,6 @@ CURVE_FT_COLUMNS = ["stage", "dataset", "budget", "strategy", "step", "epoch", "
 
 def _t_ci(values) -> tuple[float, float, float, float]:
     """(mean, sd, low, high) with a Student's t 95 % interval (NaN bounds with fewer than 2 values)."""
-    from medssl_utils.claims import t_interval
-
     values = [float(v) for v in values if np.isfinite(v)]
     if not values:
         return math.nan, math.nan, math.nan, math.nan
@@ -1195,8 +1167,6 @@ def analyse(results: Results, target: float = 0.95, reference: str | None = None
         curves=validation_curves(results.runs, results.history), gathered=gathered, selection=selection,
         probes=probe_table(results.runs), shifts=encoder_shift_table(results.runs))
     an.probe_curve, an.finetune_curve = pretraining_curve(results.runs, read_probe_files(results.runs))
-    from medssl_utils.claims import claims_table, effects_table
-
     an.claims = claims_table(an)
     an.effects = effects_table(an)
     return an

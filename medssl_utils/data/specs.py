@@ -138,3 +138,16 @@ def load_dataset(spec: str | DatasetSpec) -> VolumeSet:
             setattr(vs, key, values[key])
     return vs
 
+
+def check_spec(name: str, value):
+    """A dataset spec string (see :mod:`medssl_utils.data.specs`); returns the parsed spec."""
+    try:
+        return parse_spec(value)
+    except ParameterError as exc:
+        raise ParameterError(f"{name}: {exc}") from None
+
+
+def check_specs(name: str, values) -> list:
+    if isinstance(values, str) or not isinstance(values, (list, tuple)) or not values:
+        raise ParameterError(f"{name}={values!r}: expected a non-empty list of dataset specs")
+    return [check_spec(f"{name}[{i}]", v) for i, v in enumerate(values)]

@@ -34,14 +34,16 @@ Classes
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
 
 from medssl_utils.errors import ParameterError
+from medssl_utils.validate import check_keywords
 
-__all__ = ["SSL_PRESETS", "SSLAugment", "SegAugment", "ssl_preset"]
+__all__ = ["SSL_PRESETS", "SSLAugment", "SegAugment", "check_augment", "ssl_preset"]
 
 _EPS = 1e-6
 
@@ -542,3 +544,17 @@ class SegAugment(_Describe):
 def _integer(u: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """Uniform integers in ``[lo, hi]`` (as float) from U[0, 1) draws ``u``."""
     return (lo + torch.floor(u * (hi - lo + 1))).clamp(max=hi)
+
+
+def check_augment(augment, which: str, image_size: int, base: Mapping | None = None) -> dict:
+    """``augment`` (keyword arguments of :class:`~medssl_utils.data.transforms.SSLAugment` or
+    ``SegAugment``, named by ``which``) checked by name and type, then by building the
+    augmentation as the training loop does (over ``base``, the method's defaults). Returns it."""
+    cls = {"SSLAugment": SSLAugment, "SegAugment": SegAugment}[which]
+    augment = check_keywords("augment", augment, cls, what=which,
+                             set_by={"output_size": f"image_size ({image_size}) sets it; change image_size"})
+    try:
+        cls(output_size=image_size, **{**(base or {}), **augment})
+    except ParameterError as exc:
+        raise ParameterError(f"augment.{exc}") from None
+    return augment

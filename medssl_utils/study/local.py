@@ -15,6 +15,7 @@ from pathlib import Path
 
 from medssl_utils.errors import MedsslError, ParameterError
 from medssl_utils.study.records import Outcome, one_line, read_state, write_result, write_study_json
+from medssl_utils.study.jobs import ACTIVE, active_jobs
 from medssl_utils.study.spec import Run, Study
 
 Executor = Callable[[Path, Path, dict, Path], None]
@@ -180,8 +181,6 @@ class LocalExecutor:
     def adopt(self, study: Study, runs: list[Run]) -> list[Run]:
         """Nothing executes here between invocations: an interrupted run is simply run again. Runs
         that SLURM jobs (``--executor slurm``) are still executing are refused, not run twice."""
-        from medssl_utils.study.slurm import ACTIVE, active_jobs
-
         busy = {rid: job for rid, (job, state) in active_jobs(runs).items() if state in ACTIVE}
         if busy:
             shown = ", ".join(f"{rid} (job {job})" for rid, job in list(busy.items())[:3])

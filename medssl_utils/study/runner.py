@@ -20,6 +20,7 @@ from typing import Protocol
 
 from medssl_utils import selection as selection_rule
 from medssl_utils.errors import MedsslError, ParameterError
+from medssl_utils.study.formatting import format_plan, format_summary
 from medssl_utils.study.checks import blocked_runs, check_parameters, preflight_problems
 from medssl_utils.study.local import Executor, LocalExecutor
 from medssl_utils.study.records import (Outcome, read_result, read_state, training_seconds, write_result,
@@ -97,8 +98,6 @@ class StudySummary:
         return self.train_seconds / worker if worker > 0 else None
 
     def __str__(self) -> str:
-        from medssl_utils.study.cli import format_summary
-
         return format_summary(self)
 
 
@@ -339,8 +338,6 @@ def _unreadable(run: Run) -> str | None:
 
 
 def _dry_run(study, order, todo, problems, force, check_timm, out, name, executor, options) -> StudySummary:
-    from medssl_utils.study.cli import format_plan
-
     blocked = blocked_runs(study, todo, check_timm)
     summary = StudySummary(study, dry_run=True, executor=name)
     outcomes: dict[str, Outcome] = {}

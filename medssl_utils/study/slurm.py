@@ -36,135 +36,21 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from medssl_utils.errors import MedsslError, ParameterError
 from medssl_utils.study.local import PapermillExecutor, execute_run
 from medssl_utils.study.records import Outcome, first_line, read_state, write_result
+from medssl_utils.study.jobs import (  # noqa: F401 - re-exported: slurm.X stays valid
+    ACTIVE, INTENT_FILE, JOB_FILE, QUEUED, _sacct_elapsed, _squeue_active, _state_word, _write_job, active_jobs, read_job)
+from medssl_utils.study.resources import (  # noqa: F401 - re-exported
+    OWNED_OPTIONS, RESOURCE_KEYS, _sbatch_options, _time_minutes, check_resources, merge_resources)
 from medssl_utils.study.spec import Run, Study
 
 #: The keys of a study file's ``slurm`` sections (and the flags of ``study run --executor slurm``).
-RESOURCE_KEYS = {
-    "partition": "a partition name",
-    "time": "the time limit of one run: minutes (120) or '[D-]HH:MM[:SS]' ('2:00:00', '1-12:00:00')",
-    "cpus_per_task": "CPU cores per task (and the notebook's CPU threads), a whole number >= 1",
-    "gpus_per_node": "GPUs per run, a whole number >= 0 (a run with devices: N > 1 needs N, one per task)",
-    "mem": "memory per run with a unit: '32G', '8000M'",
-    "account": "the account to charge",
-    "qos": "a quality of service",
-    "constraint": "node features, e.g. 'a100'",
-    "sbatch": "other sbatch options as a list of '--name=value' or '--flag' strings",
-    "setup": "shell lines run in the job before the notebook, e.g. ['module load cuda/12.4']",
-}
-#: sbatch options the executor sets itself (or that have their own key), refused in ``sbatch``.
-OWNED_OPTIONS = {"array": "the executor makes job arrays", "job-name": "the executor names jobs",
-                 "output": "logs go to <results>/slurm", "error": "logs go to <results>/slurm",
-                 "ntasks": "set devices: N (one task per device)", "ntasks-per-node": "set devices: N",
-                 "nodes": "a run uses one node", "open-mode": "set by submitit", "signal": "set by submitit",
-                 "wrap": "the job runs the notebook"}
-#: SLURM job states of a job that has not ended (sacct / squeue), plus submitit's UNKNOWN
-#: (not yet in the accounting database).
-ACTIVE = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
-                    "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD", "SPECIAL_EXIT",
-                    "UNKNOWN"})
-QUEUED = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD",
-                    "SPECIAL_EXIT", "UNKNOWN"})
-JOB_FILE = "slurm.json"
-INTENT_FILE = "submitting.json"
-
-
-# ============================================================================ resources
-def _time_minutes(value) -> int | None:
-    """sbatch's time formats as whole minutes (seconds round up); None when not a time."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value if value >= 1 else None
-    if not isinstance(value, str):
-        return None
-    m = re.fullmatch(r"\s*(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?\s*", value)
-    if not m:
-        return None
-    days, a, b, c = (int(x) if x is not None else None for x in m.groups())
-    if days is not None:  # D-H, D-H:M, D-H:M:S
-        hours, minutes, seconds = a, b or 0, c or 0
-    elif c is not None:  # H:M:S
-        hours, minutes, seconds = a, b, c
-    else:  # M or M:S
-        hours, minutes, seconds = 0, a, b or 0
-    total = ((days or 0) * 24 + hours) * 60 + minutes + (1 if seconds else 0)
-    return total if total >= 1 else None
-
-
-def _sbatch_options(value, key: str, error) -> dict:
-    lines = [value] if isinstance(value, str) else value
-    if not isinstance(lines, list) or not all(isinstance(v, str) for v in lines):
-        raise error(key, f"expected a list of sbatch options like '--reservation=gpu-week', got {value!r}")
-    out = {}
-    for line in lines:
-        text = line.strip().removeprefix("#SBATCH").strip()
-        m = re.fullmatch(r"--([A-Za-z][A-Za-z0-9-]*)(?:=(.+))?", text)
-        if not m:
-            raise error(key, f"{line!r}: expected the long form '--name=value' or '--flag'")
-        name, val = m.group(1), m.group(2)
-        own = name.replace("-", "_")
-        if own in RESOURCE_KEYS:
-            raise error(key, f"{line!r}: give it as slurm.{own} instead")
-        if name in OWNED_OPTIONS:
-            raise error(key, f"{line!r}: not settable ({OWNED_OPTIONS[name]})")
-        out[name] = True if val is None else val.strip()
-    return out
-
-
-def check_resources(resources: Mapping, key: str, error: Callable[[str, str], Exception]) -> dict:
-    """A ``slurm`` section validated and normalised (``time`` in minutes, ``sbatch`` as a dict).
-
-    ``error(key, what)`` makes the exception for a bad value; ``key`` is where the section sits
-    (e.g. ``finetune.slurm``). Unknown keys are errors.
-    """
-    out = {}
-    for k, v in resources.items():
-        where = f"{key}.{k}" if key else k
-        if k not in RESOURCE_KEYS:
-            raise error(where, f"unknown key; expected one of {list(RESOURCE_KEYS)}")
-        if k == "time":
-            out[k] = _time_minutes(v)
-            if out[k] is None:
-                raise error(where, f"{v!r} is not a time limit; expected {RESOURCE_KEYS['time']}")
-        elif k in ("cpus_per_task", "gpus_per_node"):
-            low = 1 if k == "cpus_per_task" else 0
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise error(where, f"{v!r}: expected a whole number >= {low}")
-            out[k] = v
-        elif k == "mem":
-            m = re.fullmatch(r"\s*(\d+)\s*([KMGT])B?\s*", str(v), re.IGNORECASE) if isinstance(v, str) else None
-            if not m:
-                raise error(where, f"{v!r}: expected memory with a unit, e.g. '32G' or '8000M'")
-            out[k] = f"{m.group(1)}{m.group(2).upper()}"
-        elif k == "sbatch":
-            out[k] = _sbatch_options(v, where, error)
-        elif k == "setup":
-            lines = [v] if isinstance(v, str) else v
-            if not isinstance(lines, list) or not all(isinstance(x, str) for x in lines):
-                raise error(where, f"expected a list of shell lines, got {v!r}")
-            out[k] = list(lines)
-        else:
-            if not isinstance(v, str) or not v.strip():
-                raise error(where, f"expected {RESOURCE_KEYS[k]} (a string), got {v!r}")
-            out[k] = v.strip()
-    return out
-
-
-def merge_resources(base: Mapping, over: Mapping) -> dict:
-    """``over`` on top of ``base``; ``sbatch`` options are merged option by option."""
-    merged = {**base, **over}
-    if "sbatch" in base and "sbatch" in over:
-        merged["sbatch"] = {**base["sbatch"], **over["sbatch"]}
-    return merged
-
-
 def _flag_error(key: str, what: str) -> ParameterError:
     name = key.rsplit(".", 1)[-1]
     return ParameterError(f"{name} (--{name.replace('_', '-')}): {what}")
@@ -275,76 +161,6 @@ def run_job(study: Study, run: Run, force: bool) -> Outcome | None:
     executor(study.notebooks[run.kind], out / "notebook.ipynb", {**run.params, **({"overwrite": True} if force else {})},
              run.run_dir)
     return None
-
-
-# ============================================================================ records
-def read_job(run: Run) -> dict | None:
-    """The run's ``slurm.json`` (its latest SLURM job), or None."""
-    try:
-        record = json.loads((run.run_dir / JOB_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and record.get("job_id") else None
-
-
-def _write_job(run: Run, record: dict) -> None:
-    from medssl_utils.rundir import write_json
-
-    write_json(run.run_dir / JOB_FILE, record)
-
-
-def _state_word(state: str | None) -> str:
-    """``CANCELLED`` of sacct's ``CANCELLED by 0``; ``UNKNOWN`` for nothing."""
-    return (state or "UNKNOWN").split()[0].upper() if (state or "").strip() else "UNKNOWN"
-
-
-def _squeue_active(job_name: str) -> list[str]:
-    """Ids of the queued / running jobs (array tasks expanded) named ``job_name``."""
-    out = subprocess.run(["squeue", "-h", "-r", "-n", job_name, "-o", "%i"], capture_output=True, text=True,
-                         timeout=60)
-    if out.returncode:
-        raise MedsslError(f"squeue failed while looking for jobs named {job_name}: {first_line(out.stderr)}")
-    return [ln.strip() for ln in out.stdout.splitlines() if ln.strip()]
-
-
-def _sacct_elapsed(job_id: str) -> float:
-    """The job's elapsed seconds from sacct (0 when sacct cannot tell)."""
-    try:
-        out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,ElapsedRaw", "-j", job_id],
-                             capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return 0.0
-    for line in out.stdout.splitlines():
-        jid, _, elapsed = line.partition("|")
-        if jid.strip() == job_id and elapsed.strip().isdigit():
-            return float(elapsed)
-    return 0.0
-
-
-def active_jobs(runs: list[Run]) -> dict[str, tuple[str, str]]:
-    """``{run id: (job id, state)}`` for runs whose recorded SLURM job is queued or running now
-    (a state in :data:`ACTIVE`), or cannot be checked here (state ``unknown: <why>``: no ``sacct``
-    or no submitit on this machine). One ``sacct`` call for every run whose ``slurm.json`` is not
-    marked ended."""
-    records = {r.id: rec for r in runs if (rec := read_job(r)) and not rec.get("ended")}
-    if not records:
-        return {}
-    if shutil.which("sacct") is None:
-        return {rid: (rec["job_id"], "unknown: sacct not found on this machine") for rid, rec in records.items()}
-    try:
-        from submitit.slurm.slurm import SlurmInfoWatcher
-    except ImportError:
-        return {rid: (rec["job_id"], "unknown: submitit is not installed") for rid, rec in records.items()}
-    watcher = SlurmInfoWatcher()
-    for rec in records.values():
-        watcher.register_job(str(rec["job_id"]))
-    watcher.update()
-    out = {}
-    for rid, rec in records.items():
-        state = _state_word(watcher.get_state(str(rec["job_id"]), mode="cache"))
-        if state in ACTIVE:
-            out[rid] = (rec["job_id"], state)
-    return out
 
 
 # ============================================================================ the executor

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medssl_utils.errors import MedsslError, ParameterError
+from medssl_utils.study.resources import check_resources
 
 KINDS = ("pretrain", "finetune")
 TOP_KEYS = ("name", "description", "results_dir", "notebooks", "defaults", "slurm", "pretrain", "finetune")
@@ -289,7 +290,6 @@ def _params(ctx: _Ctx, value, key: str, block: str) -> _Params:
 
 def _slurm(ctx: _Ctx, value, key: str, base: dict | None = None) -> dict:
     """A ``slurm`` section validated (see :mod:`medssl_utils.study.slurm`), over ``base``."""
-    from medssl_utils.study.slurm import check_resources
 
     own = check_resources(ctx.mapping(value, key), key, ctx.error) if value is not None else {}
     return {**(base or {}), **own}

@@ -6,7 +6,12 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+from medssl_utils.data.specs import check_spec, check_specs
+from medssl_utils.data.transforms import SSL_PRESETS, check_augment, ssl_preset
 from medssl_utils.errors import MedsslError, ParameterError, check_choice
+from medssl_utils.models.init import check_init
+from medssl_utils.models.unet import check_decoder_channels, check_encoder_name
+from medssl_utils.validate import check_field_types, check_int, check_keywords, check_number
 
 METHODS = ("byol", "simclr", "hssl")
 OPTIMIZERS = ("lars", "sgd", "adamw", "adam")
@@ -15,6 +20,8 @@ PRECISIONS = {"32": "32-true", "32-true": "32-true", "bf16-mixed": "bf16-mixed",
 SPLITS = ("auto", "paper", "random", "official")
 LOSSES = ("dice_ce", "jaccard")
 INPUT_NORMS = ("volume", "image")
+#: What a method's views need beyond the preset (HSSL equalises the second view of every pair).
+METHOD_AUGMENT = {"hssl": {"equalize_p": (0.0, 1.0)}}
 #: Named fine-tuning settings: the values a recipe gives ``lr``, ``warmup_steps``, ``grad_clip`` and
 #: ``loss`` when they are left None (explicit values win). ``warmup`` is a fraction of ``max_steps``
 #: as (numerator, denominator), rounded down;
@@ -70,9 +77,6 @@ class _Common:
     run_dir: str | os.PathLike | None = None
 
     def _check_common(self) -> None:
-        from medssl_utils.models.unet import check_decoder_channels, check_encoder_name
-        from medssl_utils.params import check_field_types, check_int, check_number
-
         check_field_types(self)  # each field's annotation: the declaration of the notebooks' parameters
         check_encoder_name(self.encoder)
         check_int("image_size", self.image_size, 32, 2048)
@@ -133,8 +137,6 @@ class PretrainConfig(_Common):
     knn_max_query: int = 500
 
     def __post_init__(self):
-        from medssl_utils.params import check_augment, check_int, check_keywords, check_number, check_specs
-
         self._check_common()
         check_choice("method", self.method, METHODS)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -148,8 +150,6 @@ class PretrainConfig(_Common):
         check_int("probe_slices", self.probe_slices, 1)
         check_int("probe_val_slices", self.probe_val_slices, 1)
         check_int("probe_steps", self.probe_steps, 1)
-        from medssl_utils.data.transforms import SSL_PRESETS
-
         check_choice("augment_preset", self.augment_preset, tuple(SSL_PRESETS))
         check_int("knn_max_bank", self.knn_max_bank, 1)
         check_int("knn_max_query", self.knn_max_query, 1)
@@ -161,16 +161,10 @@ class PretrainConfig(_Common):
         if self.warmup_epochs is not None:
             check_number("warmup_epochs", self.warmup_epochs, 0, self.epochs,
                          what=f"None (1 epoch, at most 10 % of the run) or a number of epochs in 0..epochs ({self.epochs})")
-        from medssl_utils.training.pretrain import METHOD_AUGMENT
-
         self.method_options = check_keywords("method_options", self.method_options, _ssl_class(self.method),
                                              what=f"{self.method}'s constructor")
-        from medssl_utils.data.transforms import ssl_preset
-
         base = {**ssl_preset(self.augment_preset, self.image_size), **METHOD_AUGMENT.get(self.method, {})}
         self.augment = check_augment(self.augment, "SSLAugment", self.image_size, base)
-        from medssl_utils.models.init import check_init
-
         check_init(self.init)
 
 
@@ -211,8 +205,6 @@ class FinetuneConfig(_Common):
     probe_steps: int = 100
 
     def __post_init__(self):
-        from medssl_utils.params import check_augment, check_int, check_number, check_spec
-
         self._check_common()
         self.dataset = str(check_spec("dataset", self.dataset))
         check_int("max_steps", self.max_steps, 1)
@@ -244,8 +236,6 @@ class FinetuneConfig(_Common):
         elif not (isinstance(self.labelled_fraction, (int, float)) and 0 < self.labelled_fraction <= 1):
             raise ParameterError(f"labelled_fraction={self.labelled_fraction!r}: expected 0 < fraction <= 1")
         self.augment = check_augment(self.augment, "SegAugment", self.image_size)
-        from medssl_utils.models.init import check_init
-
         check_init(self.init, self.load_decoder is True)
 
     def schedule(self) -> dict:

@@ -14,12 +14,11 @@ from medssl_utils.errors import ParameterError
 from medssl_utils.progress import progress
 from medssl_utils.rundir import RunDir
 from medssl_utils.training import loop
-from medssl_utils.training.config import PRECISIONS, PretrainConfig
+from medssl_utils.training.config import METHOD_AUGMENT, PRECISIONS, PretrainConfig
 
 #: Augmentation settings a method changes from SSLAugment's defaults (``augment`` overrides them).
 #: HSSL: the second view of every pair is histogram-equalised, so its intensity statistics say
 #: nothing about the dataset or modality and the task / group levels must use the anatomy.
-METHOD_AUGMENT = {"hssl": {"equalize_p": (0.0, 1.0)}}
 
 
 @dataclass

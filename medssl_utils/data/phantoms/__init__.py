@@ -30,9 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medssl_utils.data.phantoms import abdomen, brain, cardiac, prostate
-from medssl_utils.data.phantoms.common import check_seed
+from medssl_utils.data.phantoms.common import MAX_CASES, check_seed  # noqa: F401 - MAX_CASES: part of the face
 from medssl_utils.data.phantoms.decathlon import MsdTask, write_msd
-from medssl_utils.data.readers.phantom import MAX_CASES
 from medssl_utils.errors import DataError, ParameterError
 
 __all__ = ["PHANTOMS", "PhantomInfo", "write_phantom", "MSD_TASKS"]

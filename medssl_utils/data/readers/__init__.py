@@ -7,7 +7,8 @@ function that reads it. :data:`READERS` is the one table; the spec parser
 (:mod:`medssl_utils.data.specs`) validates every spec against it, so a reader never parses
 its own options and a bad option is refused before anything is read.
 
-Adding a reader is one file plus one entry in :data:`READERS`::
+Adding a reader is one file plus one entry in :func:`_load_table`'s list (the base types live in
+:mod:`~medssl_utils.data.readers.base`, so a reader module never imports this one)::
 
     # medssl_utils/data/readers/mine.py
     READER = Reader(kind="mine", target="path", read=read_mine, doc="...",
@@ -23,129 +24,13 @@ and are applied by :func:`medssl_utils.data.specs.load_dataset`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+from medssl_utils.data.readers import acdc, dicom, folder, mni, msd, natural, phantom, real
+from medssl_utils.data.readers.base import OPTION_TYPES, TAG_OPTIONS, Option, Reader  # noqa: F401 - the registry's face
 from medssl_utils.errors import DataError, ParameterError
 
-OPTION_TYPES = ("bool", "int", "str", "list")
-TRUE, FALSE = ("1", "true", "yes"), ("0", "false", "no")
-
-
-@dataclass(frozen=True)
-class Option:
-    """One option of a reader.
-
-    ``type``: ``bool`` (1/0, true/false, yes/no), ``int`` (within ``min``..``max``), ``str``
-    (one of ``choices`` when given) or ``list`` (comma-separated, each item one of
-    ``choices`` when given; no empty items, no repeats). ``default`` is the typed value used
-    when the option is absent.
-    """
-
-    name: str
-    type: str
-    default: object = None
-    doc: str = ""
-    choices: tuple = ()
-    min: int | None = None
-    max: int | None = None
-
-    def __post_init__(self):
-        if self.type not in OPTION_TYPES:
-            raise ValueError(f"option {self.name}: type {self.type!r} not in {OPTION_TYPES}")
-
-    def expected(self) -> str:
-        """What a valid value looks like, in words (used in every error message)."""
-        if self.type == "bool":
-            return "1 or 0 (also true/false, yes/no)"
-        if self.type == "int":
-            lo = "" if self.min is None else f"{self.min}"
-            hi = "" if self.max is None else f"{self.max}"
-            return f"an integer in {lo}..{hi}" if (lo or hi) else "an integer"
-        if self.type == "list":
-            return ("a comma-separated list of " + ", ".join(self.choices)) if self.choices \
-                else "a comma-separated list"
-        return ("one of " + ", ".join(self.choices)) if self.choices else "a non-empty string"
-
-    def parse(self, raw: str, spec: str):
-        """The typed value of ``raw``; raises ParameterError naming the spec and option."""
-
-        def bad(why: str = "") -> ParameterError:
-            return ParameterError(f"dataset spec '{spec}': option {self.name}={raw!r}; expected "
-                                  f"{self.expected()}{why}")
-
-        if raw == "":
-            raise bad()
-        if self.type == "bool":
-            if raw.lower() in TRUE:
-                return True
-            if raw.lower() in FALSE:
-                return False
-            raise bad()
-        if self.type == "int":
-            text = raw.strip()
-            if not (text.isdigit() or (text[:1] in "+-" and text[1:].isdigit())):
-                raise bad()
-            value = int(text)
-            if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
-                raise bad()
-            return value
-        if self.type == "list":
-            items = [x.strip() for x in raw.split(",")]
-            if any(not x for x in items):
-                raise bad(" (an item is empty)")
-            if len(set(items)) != len(items):
-                raise bad(" (an item is repeated)")
-            if self.choices and any(x not in self.choices for x in items):
-                raise bad()
-            return tuple(items)
-        if self.choices and raw not in self.choices:
-            raise bad()
-        return raw
-
-
-#: Options every kind accepts: the tags multi-domain pretraining attaches to each slice.
-TAG_OPTIONS = (
-    Option("domain", "str", doc="domain tag (default: from the dataset)"),
-    Option("task", "str", doc="task tag (default: from the dataset)"),
-    Option("group", "str", doc="group tag, e.g. the modality group (default: from the dataset)"),
-)
-
-
-@dataclass(frozen=True)
-class Reader:
-    """A dataset kind: see the module docstring.
-
-    ``target`` is ``"path"`` (a file system path, relative paths taken from the current
-    folder), ``"name"`` (one of ``names()``) or None (the kind takes no target).
-    ``detect(path) -> bool`` lets ``medssl data summary`` recognise a folder of this kind.
-    """
-
-    kind: str
-    target: str | None
-    read: Callable[[str | None, dict, str], object]
-    options: tuple[Option, ...] = ()
-    doc: str = ""
-    example: str = ""
-    names: Callable[[], list[str]] | None = None
-    detect: Callable[[Path], bool] | None = None
-    layout: str = ""
-
-    def option(self, name: str) -> Option | None:
-        for opt in self.options + TAG_OPTIONS:
-            if opt.name == name:
-                return opt
-        return None
-
-    @property
-    def option_names(self) -> list[str]:
-        return [o.name for o in self.options + TAG_OPTIONS]
-
-
 def _load_table() -> dict[str, Reader]:
-    from medssl_utils.data.readers import acdc, dicom, folder, mni, msd, natural, phantom, real
-
     table = {}
     for module in (acdc, msd, folder, phantom, mni, natural, dicom, real):
         reader = module.READER

@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 
 from medssl_utils.data.nifti import check_label_header, find_nifti, read_array, read_header, volume_shape
-from medssl_utils.data.readers import Option, Reader
+from medssl_utils.data.readers.base import Option, Reader
 from medssl_utils.data.volume import Volume, VolumeSet, check_label_values
 from medssl_utils.errors import DataError
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medssl_utils.data.nifti import is_nifti
-from medssl_utils.data.readers import Option, Reader
+from medssl_utils.data.readers.base import Option, Reader
 from medssl_utils.data.readers.msd import _volume
 from medssl_utils.data.volume import VolumeSet
 from medssl_utils.errors import DataError

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medssl_utils.data.readers import Reader
+from medssl_utils.data.readers.base import Reader
 from medssl_utils.data.volume import Volume, VolumeSet
 from medssl_utils.errors import DataError
 

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from medssl_utils.data.nifti import check_label_header, read_array, read_header, strip_nifti_suffix, volume_shape
-from medssl_utils.data.readers import Option, Reader
+from medssl_utils.data.readers.base import Option, Reader
 from medssl_utils.data.volume import Volume, VolumeSet, check_label_values
 from medssl_utils.errors import DataError, ParameterError
 

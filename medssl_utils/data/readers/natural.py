@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medssl_utils.data.readers import Option, Reader
+from medssl_utils.data.readers.base import Option, Reader
 from medssl_utils.data.volume import Volume, VolumeSet
 from medssl_utils.errors import DataError
 

@@ -15,21 +15,18 @@ import shutil
 from pathlib import Path
 
 from medssl_utils.config import cache_root
-from medssl_utils.data.readers import Option, Reader
+import medssl_utils.data.phantoms as ph
+from medssl_utils.data.phantoms import MAX_CASES, PHANTOMS, write_phantom
+from medssl_utils.data.readers.acdc import read_acdc
+from medssl_utils.data.readers.base import Option, Reader
+from medssl_utils.data.readers.msd import read_msd
 from medssl_utils.data.volume import VolumeSet
 from medssl_utils.errors import DataError, ParameterError
 
-#: Most cases a phantom may have (spec option ``cases`` and ``medssl data phantoms --cases``).
-#: Public sets hold up to ~1,250 cases (BraTS 2021). Measured here: the default cardiac phantom
-#: (60 + 20 testing patients) is 437 MB and 27-34 s, so 2,000 cases (+666 testing) are ~15 GB and
-#: ~15 minutes; 2,000,000 would be ~15 TB and ~10 days, which is refused before anything is written.
-MAX_CASES = 2000
 
 
 def _phantom_code_version() -> str:
     """Hash of the phantom generator's source: cached phantoms go stale when it changes."""
-    import medssl_utils.data.phantoms as ph
-
     h = hashlib.sha256()
     for p in sorted(Path(ph.__file__).parent.glob("*.py")):
         h.update(p.read_bytes())
@@ -42,8 +39,6 @@ def ensure_phantom(name: str, *, cases: int | None = None, seed: int = 0) -> tup
     Generation happens in a private temporary folder that is renamed into place, so an
     interrupted run or two processes starting at once never leave a half-written dataset.
     """
-    from medssl_utils.data.phantoms import PHANTOMS, write_phantom
-
     if name not in PHANTOMS:
         raise ParameterError(f"phantom:{name}: unknown phantom; expected one of {sorted(PHANTOMS)}")
     info = PHANTOMS[name]
@@ -73,9 +68,6 @@ def ensure_phantom(name: str, *, cases: int | None = None, seed: int = 0) -> tup
 
 
 def _read(target: str, opts: dict, spec: str) -> VolumeSet:
-    from medssl_utils.data.readers.acdc import read_acdc
-    from medssl_utils.data.readers.msd import read_msd
-
     root, fmt = ensure_phantom(target, cases=opts["cases"], seed=opts["seed"])
     vs = read_acdc(root, spec=spec) if fmt == "acdc" else read_msd(root, spec=spec)
     vs.domain = target
@@ -83,8 +75,6 @@ def _read(target: str, opts: dict, spec: str) -> VolumeSet:
 
 
 def _names() -> list[str]:
-    from medssl_utils.data.phantoms import PHANTOMS
-
     return list(PHANTOMS)
 
 
