@@ -36,7 +36,7 @@ from lightly.utils.scheduler import cosine_schedule
 from torch import nn
 
 from medssl_utils.errors import ParameterError
-from medssl_utils.models.ssl_common import check_dim, check_features, check_views, pooled
+from medssl_utils.models.ssl_common import SSLMethod, check_dim, check_features, check_views, pooled
 
 __all__ = ["BYOL", "auto_base_momentum", "momentum_schedule"]
 
@@ -77,7 +77,7 @@ def momentum_schedule(step: int, total_steps: int, base_momentum: float = 0.99, 
     return cosine_schedule(min(step, total_steps), total_steps, float(base_momentum), float(final_momentum))
 
 
-class BYOL(nn.Module):
+class BYOL(SSLMethod, nn.Module):
     """BYOL over any encoder whose (last) output pools to ``feature_dim`` channels.
 
     Args:
@@ -172,3 +172,10 @@ class BYOL(nn.Module):
         update_momentum(self.encoder, self.target_encoder, m)
         update_momentum(self.projector, self.target_projector, m)
         return m
+
+    def after_step(self, step: int, total_steps: int) -> float:
+        """The target network's momentum update (:meth:`update_target`); returns the momentum used."""
+        return self.update_target(step, total_steps)
+
+    def schedule(self, total_steps: int) -> dict:
+        return {"base_momentum": self.resolved_base_momentum(total_steps)}

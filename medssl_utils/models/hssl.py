@@ -67,6 +67,7 @@ from torch import nn
 from medssl_utils.errors import ParameterError
 from medssl_utils.models.unet import standardize_images
 from medssl_utils.models.ssl_common import (
+    SSLMethod,
     check_dim,
     check_features,
     check_positive,
@@ -146,7 +147,7 @@ def _sample(feature_map: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return out.squeeze(3).transpose(1, 2)
 
 
-class HSSL(nn.Module):
+class HSSL(SSLMethod, nn.Module):
     """Hierarchical SSL of an smp U-Net's encoder and decoder (see the module docstring).
 
     Args:
@@ -337,3 +338,21 @@ class HSSL(nn.Module):
 
         logs["loss"] = total.detach()
         return total, logs
+
+    # ------------------------------------------------------------------ the pretraining loop's questions
+    #: the second view of every pair is histogram-equalised (no intensity shortcut to task and group)
+    augment = {"equalize_p": (0.0, 1.0)}
+
+    @classmethod
+    def from_unet(cls, unet, pool, **options):
+        """The whole encoder-decoder, with one class per task and group of the pool."""
+        return cls(unet, num_tasks=len(pool.tasks), num_groups=len(pool.groups), **options)
+
+    def loss(self, model, aug, x: torch.Tensor, batch: dict, generator: torch.Generator):
+        """The dense level needs where each point of one view lies in the other: views with geometry."""
+        view1, view2, theta1, theta2 = aug.views_with_geometry(x, generator)
+        return model(view1, view2, batch["task"], batch["group"], theta1, theta2)
+
+    @property
+    def input_norm(self) -> str:
+        return "image" if self.standardize else "volume"

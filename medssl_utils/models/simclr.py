@@ -19,6 +19,7 @@ from lightly.models.modules import SimCLRProjectionHead
 from torch import nn
 
 from medssl_utils.models.ssl_common import (
+    SSLMethod,
     check_dim,
     check_features,
     check_positive,
@@ -30,7 +31,7 @@ from medssl_utils.models.ssl_common import (
 __all__ = ["SimCLR"]
 
 
-class SimCLR(nn.Module):
+class SimCLR(SSLMethod, nn.Module):
     """SimCLR over any encoder whose (last) output pools to ``feature_dim`` channels.
 
     Args:

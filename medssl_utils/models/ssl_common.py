@@ -4,6 +4,7 @@
 - :func:`check_views` validates a pair of augmented views before any model runs.
 - :func:`contrastive_accuracy` is a cheap progress signal for contrastive losses.
 - :func:`check_dim` / :func:`check_positive` validate constructor arguments.
+- :class:`SSLMethod`: what the pretraining loop asks of every method, with the common answers.
 
 Every user-facing mistake raises :class:`~medssl_utils.errors.ParameterError`.
 """
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 from medssl_utils.errors import ParameterError
 
-__all__ = ["check_dim", "check_positive", "check_views", "contrastive_accuracy", "pooled"]
+__all__ = ["SSLMethod", "check_dim", "check_positive", "check_views", "contrastive_accuracy", "pooled"]
 
 
 def pooled(features: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
@@ -95,3 +96,41 @@ def check_positive(name: str, value) -> float:
     if not ok:
         raise ParameterError(f"{name}={value!r} must be a finite number > 0")
     return float(value)
+
+
+class SSLMethod:
+    """What the pretraining loop asks of a method (mixed into each method's ``nn.Module``); a
+    method overrides what it does differently. Registered by name in :mod:`medssl_utils.models.methods`.
+
+    - :attr:`augment`: SSLAugment keywords the method needs over the preset (HSSL equalises the
+      second view of every pair).
+    - :meth:`from_unet`: the method built for a U-Net and the pretraining pool (``pool.tasks``,
+      ``pool.groups``); the default trains the encoder alone.
+    - :meth:`loss`: the views and the loss of one batch; ``model`` is what to call (the method
+      itself, or the Fabric wrapper around it, so that DDP sees the forward pass).
+    - :meth:`after_step`: called after every optimiser step; a value returned is logged as
+      ``momentum`` (BYOL's target update).
+    - :meth:`schedule`: entries for ``result.json["schedule"]``.
+    - :attr:`input_norm`: what the encoder was fed (``"volume"``, or ``"image"``: z-scored per
+      image); fine-tuning from the checkpoint must feed the same.
+    """
+
+    augment: dict = {}
+
+    @classmethod
+    def from_unet(cls, unet, pool, **options):
+        return cls(unet.encoder, unet.encoder.out_channels[-1], **options)
+
+    def loss(self, model, aug, x: torch.Tensor, batch: dict, generator: torch.Generator):
+        view1, view2 = aug(x, generator)
+        return model(view1, view2)
+
+    def after_step(self, step: int, total_steps: int) -> float | None:
+        return None
+
+    def schedule(self, total_steps: int) -> dict:
+        return {}
+
+    @property
+    def input_norm(self) -> str:
+        return "volume"

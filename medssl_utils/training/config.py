@@ -10,18 +10,18 @@ from medssl_utils.data.specs import check_spec, check_specs
 from medssl_utils.data.transforms import SSL_PRESETS, check_augment, ssl_preset
 from medssl_utils.errors import MedsslError, ParameterError, check_choice
 from medssl_utils.models.init import check_init
+from medssl_utils.models.methods import METHODS as SSL_METHODS
+from medssl_utils.models.methods import method_class
 from medssl_utils.models.unet import check_decoder_channels, check_encoder_name
 from medssl_utils.validate import check_field_types, check_int, check_keywords, check_number
 
-METHODS = ("byol", "simclr", "hssl")
+METHODS = tuple(SSL_METHODS)  # models.methods: the table of SSL methods
 OPTIMIZERS = ("lars", "sgd", "adamw", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = {"32": "32-true", "32-true": "32-true", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed"}
 SPLITS = ("auto", "paper", "random", "official")
 LOSSES = ("dice_ce", "jaccard")
 INPUT_NORMS = ("volume", "image")
-#: What a method's views need beyond the preset (HSSL equalises the second view of every pair).
-METHOD_AUGMENT = {"hssl": {"equalize_p": (0.0, 1.0)}}
 #: Named fine-tuning settings: the values a recipe gives ``lr``, ``warmup_steps``, ``grad_clip`` and
 #: ``loss`` when they are left None (explicit values win). ``warmup`` is a fraction of ``max_steps``
 #: as (numerator, denominator), rounded down;
@@ -39,17 +39,6 @@ _RUNTIME_KEYS = {"device", "progress", "num_workers", "overwrite", "run_dir", "l
 
 class TrainingError(MedsslError):
     """Training cannot go on (e.g. the loss became NaN)."""
-
-
-def _ssl_class(method: str) -> type:
-    """The SSL method class whose constructor takes ``method_options`` (see ``pretrain._build_ssl``)."""
-    if method == "byol":
-        from medssl_utils.models.byol import BYOL as cls
-    elif method == "simclr":
-        from medssl_utils.models.simclr import SimCLR as cls
-    else:
-        from medssl_utils.models.hssl import HSSL as cls
-    return cls
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -161,9 +150,9 @@ class PretrainConfig(_Common):
         if self.warmup_epochs is not None:
             check_number("warmup_epochs", self.warmup_epochs, 0, self.epochs,
                          what=f"None (1 epoch, at most 10 % of the run) or a number of epochs in 0..epochs ({self.epochs})")
-        self.method_options = check_keywords("method_options", self.method_options, _ssl_class(self.method),
+        self.method_options = check_keywords("method_options", self.method_options, method_class(self.method),
                                              what=f"{self.method}'s constructor")
-        base = {**ssl_preset(self.augment_preset, self.image_size), **METHOD_AUGMENT.get(self.method, {})}
+        base = {**ssl_preset(self.augment_preset, self.image_size), **method_class(self.method).augment}
         self.augment = check_augment(self.augment, "SSLAugment", self.image_size, base)
         check_init(self.init)
 

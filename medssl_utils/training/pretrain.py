@@ -14,7 +14,8 @@ from medssl_utils.errors import ParameterError
 from medssl_utils.progress import progress
 from medssl_utils.rundir import RunDir
 from medssl_utils.training import loop
-from medssl_utils.training.config import METHOD_AUGMENT, PRECISIONS, PretrainConfig
+from medssl_utils.models.methods import method_class
+from medssl_utils.training.config import PRECISIONS, PretrainConfig
 
 #: Augmentation settings a method changes from SSLAugment's defaults (``augment`` overrides them).
 #: HSSL: the second view of every pair is histogram-equalised, so its intensity statistics say
@@ -83,19 +84,7 @@ def prepare_pretrain_data(cfg: PretrainConfig) -> PretrainData:
 
 
 def _build_ssl(cfg: PretrainConfig, unet, data: PretrainData):
-    feature_dim = unet.encoder.out_channels[-1]
-    opts = dict(cfg.method_options)
-    if cfg.method == "byol":
-        from medssl_utils.models.byol import BYOL
-
-        return BYOL(unet.encoder, feature_dim, **opts)
-    if cfg.method == "simclr":
-        from medssl_utils.models.simclr import SimCLR
-
-        return SimCLR(unet.encoder, feature_dim, **opts)
-    from medssl_utils.models.hssl import HSSL
-
-    return HSSL(unet, num_tasks=len(data.dataset.tasks), num_groups=len(data.dataset.groups), **opts)
+    return method_class(cfg.method).from_unet(unet, data.dataset, **cfg.method_options)
 
 
 def warmup_steps(warmup_epochs: float | None, steps_per_epoch: int, total: int) -> int:
@@ -119,7 +108,7 @@ def ssl_augment(cfg: PretrainConfig):
     from medssl_utils.data.transforms import SSLAugment, ssl_preset
 
     return SSLAugment(output_size=cfg.image_size, **{**ssl_preset(cfg.augment_preset, cfg.image_size),
-                                                     **METHOD_AUGMENT.get(cfg.method, {}), **cfg.augment})
+                                                     **method_class(cfg.method).augment, **cfg.augment})
 
 
 def pretrain(cfg: PretrainConfig | None = None, **params) -> dict:
@@ -145,7 +134,7 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
     model = _build_ssl(cfg, unet, data)
     raw_ssl = model
     # what the encoder was fed: HSSL z-scores every view per image (standardize=True); fine-tuning must match
-    input_norm = "image" if cfg.method == "hssl" and getattr(raw_ssl, "standardize", False) else "volume"
+    input_norm = raw_ssl.input_norm
     transform = None
     if input_norm == "image":
         from medssl_utils.models.hssl import standardize_views as transform
@@ -254,16 +243,11 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             g = loop.step_generator(cfg.seed, step, fabric.global_rank, x.device)
-            if cfg.method == "hssl":  # the dense level needs where each point of one view lies in the other
-                v1, v2, th1, th2 = aug.views_with_geometry(x, g)
-                loss, logs = model(v1, v2, batch["task"], batch["group"], th1, th2)
-            else:
-                v1, v2 = aug(x, g)
-                loss, logs = model(v1, v2)
+            loss, logs = raw_ssl.loss(model, aug, x, batch, g)  # model: the Fabric wrapper (DDP sees the forward)
             epoch = step // steps_per_epoch + 1
             loop.check_finite(loss, step, epoch)
             loop.optimise(fabric, model, optimizer, loss, cfg.grad_clip)
-            momentum = loop.unwrap(model).update_target(step, total) if cfg.method == "byol" else None
+            momentum = raw_ssl.after_step(step, total)
             loop.check_finite_weights(model, step, epoch)
             run_loss += float(loss.detach())
             run_n += 1
@@ -328,8 +312,7 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
         "final_loss": next((r["loss"] for r in reversed(rd.rows) if "loss" in r), None),
         "input_norm": input_norm, "augment": {k: list(v) if isinstance(v, tuple) else v for k, v in aug.config().items()}, "optimizer": cfg.optimizer,
         "schedule": {"base_lr": base_lr, "warmup_steps": warmup, "steps_per_epoch": steps_per_epoch,
-                     **({"base_momentum": loop.unwrap(model).resolved_base_momentum(total)}
-                        if cfg.method == "byol" else {})},
+                     **raw_ssl.schedule(total)},
         "timings": {"total_s": round(earlier_s + time.perf_counter() - t0, 2), "resumed_at_step": start or None,
                     "train_s": round(train_time, 2),
                     "images_per_s": round((total - start) * cfg.batch_size * fabric.world_size / train_time, 1)
