@@ -234,7 +234,7 @@ def test_interrupt_stops_running_kernels(tmp_path, nbs):
     path = make_study(tmp_path, nbs, finetune={"dataset": "phantom:cardiac", "labelled_slices": [2], "seeds": [0],
                                                "strategies": {"slow": {"init": "random", "sleep": 60}}})
     study = st.load_study(path)
-    executor = st.PapermillExecutor()
+    executor = st.PapermillEngine()
     done = []
     worker = threading.Thread(target=lambda: done.append(st.execute_run(study, study.runs[0], execute=executor)))
     worker.start()
@@ -261,7 +261,7 @@ def test_papermill_inference_warnings_stay_out_of_a_study_log(tmp_path, caplog):
         metadata={"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}})
     nbformat.write(nb, tmp_path / "p.ipynb")
     with caplog.at_level(logging.INFO, logger="papermill"):
-        st.PapermillExecutor()(tmp_path / "p.ipynb", tmp_path / "out.ipynb", {"dataset": "natural"}, tmp_path)
+        st.PapermillEngine()(tmp_path / "p.ipynb", tmp_path / "out.ipynb", {"dataset": "natural"}, tmp_path)
         logging.getLogger("papermill").warning("Passed unknown parameter? no: other warnings still pass")
     assert (tmp_path / "seen.txt").read_text() == "natural"
     messages = [r.getMessage() for r in caplog.records]
@@ -378,7 +378,7 @@ def test_status_lists_states(tmp_path, nbs, capsys):
 
 def test_cli_run_exit_status_and_options(tmp_path, nbs, capsys, monkeypatch):
     monkeypatch.setattr(checks, "timm_weights_available", offline)
-    monkeypatch.setattr(local, "PapermillExecutor", lambda **kw: in_process)
+    monkeypatch.setattr(local, "PapermillEngine", lambda **kw: in_process)
     path = make_study(tmp_path, nbs, **FAILING)
     parser = argparse.ArgumentParser()
     st.add_cli(parser.add_subparsers(dest="command"))

@@ -176,22 +176,25 @@ Runner behaviour
   gives the training share (``timings.train_s`` of the runs executed now over their notebooks'
   wall time), groups skipped runs by reason and lists each failed run's folder and error.
 
-Modules: :mod:`.spec` (study files → runs), :mod:`.checks` (weights, notebooks, data folders),
-:mod:`.records` (run-directory files), :mod:`.runner` (scheduling, summary, status),
-:mod:`.local` and :mod:`.slurm` (executors), :mod:`.cli` (printing and the command line).
+Modules, bottom to top: :mod:`.resources` (the SLURM resource schema), :mod:`.spec` (study files →
+runs), :mod:`.records` (run-directory files), :mod:`.jobs` (SLURM job records), :mod:`.executor`
+(the executor interface and the table of executors), :mod:`.local` and :mod:`.slurm` (the two
+executors), :mod:`.checks` (weights, notebooks, data folders), :mod:`.formatting` (what the commands
+print), :mod:`.runner` (scheduling, summary, status), :mod:`.cli` (the command line).
 """
 
 from medssl_utils.study.checks import blocked_runs, check_parameters, preflight_problems, timm_weights_available
 from medssl_utils.study.cli import add_cli, format_plan, format_status, format_summary
-from medssl_utils.study.local import Executor, LocalExecutor, PapermillExecutor, execute_run
+from medssl_utils.study.executor import EXECUTORS, Executor, executor_class
+from medssl_utils.study.local import LocalExecutor, NotebookEngine, PapermillEngine, execute_run
 from medssl_utils.study.records import STATES, Outcome, read_state
-from medssl_utils.study.runner import (CellSelection, RunExecutor, StudySummary, cell_selections, make_executor,
+from medssl_utils.study.runner import (CellSelection, StudySummary, cell_selections, make_executor,
                                        run_study, select_cell, skip_run, study_status)
 from medssl_utils.study.slurm import RESOURCE_KEYS, SlurmExecutor
 from medssl_utils.study.spec import Run, Study, execution_order, load_study
 
-__all__ = ["RESOURCE_KEYS", "STATES", "CellSelection", "Executor", "LocalExecutor", "Outcome", "PapermillExecutor",
-           "Run", "RunExecutor", "SlurmExecutor", "Study", "StudySummary", "add_cli", "blocked_runs",
+__all__ = ["RESOURCE_KEYS", "STATES", "CellSelection", "Executor", "LocalExecutor", "NotebookEngine", "Outcome", "PapermillEngine",
+           "EXECUTORS", "Run", "SlurmExecutor", "executor_class", "Study", "StudySummary", "add_cli", "blocked_runs",
            "cell_selections", "check_parameters", "execute_run", "select_cell",
            "execution_order", "format_plan", "format_status", "format_summary", "load_study", "make_executor",
            "preflight_problems", "read_state", "run_study", "skip_run", "study_status", "timm_weights_available"]

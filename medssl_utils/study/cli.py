@@ -45,7 +45,7 @@ def add_cli(subparsers) -> None:
     sub = study.add_subparsers(dest="study_cmd", required=True)
     run = sub.add_parser("run", help="execute the study's notebooks with papermill, in dependency order")
     run.add_argument("study", help="study YAML file, e.g. studies/quick.yaml")
-    run.add_argument("--executor", choices=EXECUTORS, default="local",
+    run.add_argument("--executor", choices=tuple(EXECUTORS), default="local",
                      help="local: on this machine (default); slurm: one SLURM job per run, via submitit")
     run.add_argument("--workers", type=int, default=None, metavar="N", help="local: runs executed at once (default 1)")
     run.add_argument("--dry-run", action="store_true", help="print the plan (with slurm: each job's resources); "

@@ -1,6 +1,7 @@
-"""Executing runs on this machine: one papermill execution (:class:`PapermillExecutor`,
-:func:`execute_run`, also what a SLURM job runs) and the thread-pool executor behind
-``medssl study run --executor local`` (:class:`LocalExecutor`, the default)."""
+"""Executing runs on this machine: the notebook engine (:data:`NotebookEngine`; papermill's,
+:class:`PapermillEngine`), one run executed and recorded (:func:`execute_run`, also what a SLURM job
+runs) and the thread-pool executor behind ``medssl study run --executor local``
+(:class:`LocalExecutor`, the default)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,16 @@ from pathlib import Path
 
 from medssl_utils.errors import MedsslError, ParameterError
 from medssl_utils.study.records import Outcome, one_line, read_state, write_result, write_study_json
+from medssl_utils.study.executor import Executor
 from medssl_utils.study.jobs import ACTIVE, active_jobs
 from medssl_utils.study.spec import Run, Study
 
-Executor = Callable[[Path, Path, dict, Path], None]
+#: A notebook engine: ``engine(notebook, output, parameters, cwd)`` executes one notebook.
+NotebookEngine = Callable[[Path, Path, dict, Path], None]
 
 
-class PapermillExecutor:
-    """``executor(notebook, output, parameters, cwd)``: one papermill execution, safe in threads.
+class PapermillEngine:
+    """``engine(notebook, output, parameters, cwd)``: one papermill execution, safe in threads.
 
     papermill's own ``cwd`` changes this process's working directory, which races between
     threads; here the kernel is started in ``cwd`` instead. The kernel process's own
@@ -116,7 +119,7 @@ def _quiet_papermill_inference() -> None:
             log.addFilter(_InferenceNoise())
 
 
-def execute_run(study: Study, run: Run, *, force: bool = False, execute: Executor | None = None) -> Outcome:
+def execute_run(study: Study, run: Run, *, force: bool = False, execute: NotebookEngine | None = None) -> Outcome:
     """Execute one run's notebook and record what happened; never raises for a failing notebook.
 
     A stale ``failed`` / ``skipped`` / ``running`` ``result.json`` is removed first, so the one
@@ -132,7 +135,7 @@ def execute_run(study: Study, run: Run, *, force: bool = False, execute: Executo
     params = {**run.params, **({"overwrite": True} if force else {})}
     error = None
     try:
-        (execute or PapermillExecutor())(study.notebooks[run.kind], run.run_dir / "notebook.ipynb", params,
+        (execute or PapermillEngine())(study.notebooks[run.kind], run.run_dir / "notebook.ipynb", params,
                                          run.run_dir)
     except Exception as exc:  # noqa: BLE001 - any failure of one run is recorded, the study goes on
         error = one_line(exc)
@@ -149,13 +152,13 @@ def execute_run(study: Study, run: Run, *, force: bool = False, execute: Executo
     return Outcome(run, "failed", error, seconds)
 
 
-class LocalExecutor:
+class LocalExecutor(Executor):
     """Runs executed on this machine, ``workers`` at once, each by a thread driving papermill
     (every run in its own kernel process). The scheduler's executor interface: see
-    :class:`medssl_utils.study.runner.RunExecutor`.
+    :class:`medssl_utils.study.executor.Executor`.
 
     ``execute(notebook, output, parameters, cwd)`` executes one notebook (default a
-    :class:`PapermillExecutor` giving each kernel ``cores / workers`` CPU threads).
+    :class:`PapermillEngine` giving each kernel ``cores / workers`` CPU threads).
 
     ``warm_kernels`` (default on, for the default executor): kernels are forked from one process
     that imported torch, timm, smp, lightning_fabric, matplotlib, pandas … once
@@ -166,12 +169,19 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, workers: int = 1, execute: Executor | None = None, warm_kernels: bool = True, out=None):
+    @classmethod
+    def from_options(cls, study: Study, *, workers: int | None = None, execute=None, options=None,
+                     warm_kernels: bool = True) -> "LocalExecutor":
+        if options:
+            raise ParameterError(f"{', '.join(sorted(options))}: only for executor 'slurm', not 'local'")
+        return cls(1 if workers is None else workers, execute, warm_kernels=warm_kernels)
+
+    def __init__(self, workers: int = 1, execute: NotebookEngine | None = None, warm_kernels: bool = True, out=None):
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ParameterError(f"workers={workers!r}: expected a whole number >= 1")
         self.capacity = workers
-        self.execute = execute or PapermillExecutor(threads=max(1, (os.cpu_count() or 1) // workers))
-        self.warm_kernels = bool(warm_kernels) and hasattr(self.execute, "warm")  # a PapermillExecutor
+        self.execute = execute or PapermillEngine(threads=max(1, (os.cpu_count() or 1) // workers))
+        self.warm_kernels = bool(warm_kernels) and hasattr(self.execute, "warm")  # a PapermillEngine
         self.warm = None
         self.warm_note = "off" if not self.warm_kernels else "not started"
         self._out = out

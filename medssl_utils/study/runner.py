@@ -1,7 +1,8 @@
 """The scheduler behind ``medssl study run``: which runs need executing, in what order, handed to
 an executor (:mod:`~medssl_utils.study.local` or :mod:`~medssl_utils.study.slurm`), and the summary.
 
-An executor is any object with this interface (:class:`RunExecutor`); a new executor is one file.
+An executor is a subclass of :class:`~medssl_utils.study.executor.Executor`, registered by name in
+:data:`~medssl_utils.study.executor.EXECUTORS`; a new executor is one file plus one entry there.
 """
 
 from __future__ import annotations
@@ -16,44 +17,16 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from medssl_utils import selection as selection_rule
 from medssl_utils.errors import MedsslError, ParameterError
 from medssl_utils.study.formatting import format_plan, format_summary
 from medssl_utils.study.checks import blocked_runs, check_parameters, preflight_problems
-from medssl_utils.study.local import Executor, LocalExecutor
+from medssl_utils.study.executor import EXECUTORS, Executor, executor_class  # noqa: F401 - EXECUTORS: the face
+from medssl_utils.study.local import NotebookEngine
 from medssl_utils.study.records import (Outcome, read_result, read_state, training_seconds, write_result,
                                         write_study_json)
 from medssl_utils.study.spec import Run, Study, execution_order, load_study
-
-EXECUTORS = ("local", "slurm")
-
-
-class RunExecutor(Protocol):
-    """What the scheduler needs from an executor.
-
-    ``capacity``: how many runs may be in flight at once. ``adopt(study, runs)``: the runs among
-    ``runs`` that are still executing from an earlier invocation (queued or running SLURM jobs);
-    they count as in flight and are waited for, never started again. ``start(study, runs,
-    force)``: begin executing these runs (never more than the free capacity). ``wait()``: block
-    until at least one run in flight ends; return their outcomes, each already recorded in its
-    ``result.json``. ``interrupt()``: called on Ctrl-C; returns a line for the user or None.
-    ``close()``: release threads / files.
-    """
-
-    capacity: int
-
-    def adopt(self, study: Study, runs: list[Run]) -> list[Run]: ...
-
-    def start(self, study: Study, runs: list[Run], force: bool) -> None: ...
-
-    def wait(self) -> list[Outcome]: ...
-
-    def interrupt(self) -> str | None: ...
-
-    def close(self) -> None: ...
-
 
 @dataclass
 class StudySummary:
@@ -242,34 +215,25 @@ def _settle(run: Run, outcomes: dict[str, Outcome], blocked: dict[str, str], for
     return Outcome(run, skip, problem)
 
 
-def make_executor(kind: str | RunExecutor, study: Study, *, workers: int | None = None,
-                  execute: Executor | None = None, options: Mapping | None = None,
-                  warm_kernels: bool = True) -> RunExecutor:
-    """The executor named ``kind`` (``local`` or ``slurm``) for ``study``; an executor object is returned as is.
+def make_executor(kind: str | Executor, study: Study, *, workers: int | None = None,
+                  execute: NotebookEngine | None = None, options: Mapping | None = None,
+                  warm_kernels: bool = True) -> Executor:
+    """The executor named ``kind`` (:data:`~medssl_utils.study.executor.EXECUTORS`: ``local``,
+    ``slurm``) for ``study``; an executor object is returned as is.
 
-    ``workers`` and ``execute`` belong to ``local``; ``options`` to ``slurm`` (see
-    :class:`medssl_utils.study.slurm.SlurmExecutor`). Giving one to the other executor is an error.
+    ``workers`` and ``execute`` (the notebook engine) belong to ``local``; ``options`` to ``slurm``
+    (see :class:`medssl_utils.study.slurm.SlurmExecutor`). Giving one to the other executor is an error.
     """
     if not isinstance(kind, str):
         return kind
-    if kind == "local":
-        if options:
-            raise ParameterError(f"{', '.join(sorted(options))}: only for executor 'slurm', not 'local'")
-        return LocalExecutor(1 if workers is None else workers, execute, warm_kernels=warm_kernels)
-    if kind == "slurm":
-        if workers not in (None, 1):
-            raise ParameterError(f"workers={workers!r}: only for executor 'local'; with 'slurm' use max_jobs "
-                                 "(--max-jobs) to limit the jobs in flight")
-        from medssl_utils.study.slurm import SlurmExecutor
-
-        return SlurmExecutor(study, **dict(options or {}))
-    raise ParameterError(f"executor={kind!r}: expected one of {list(EXECUTORS)}")
+    return executor_class(kind).from_options(study, workers=workers, execute=execute, options=options,
+                                             warm_kernels=warm_kernels)
 
 
 def run_study(path: str | os.PathLike, workers: int | None = None, dry_run: bool = False, force: bool = False, *,
               results_dir: str | os.PathLike | None = None, progress: bool | str = "auto",
-              execute: Executor | None = None, check_timm: Callable[[str], tuple[bool, str]] | None = None,
-              out=None, executor: str | RunExecutor = "local", executor_options: Mapping | None = None,
+              execute: NotebookEngine | None = None, check_timm: Callable[[str], tuple[bool, str]] | None = None,
+              out=None, executor: str | Executor = "local", executor_options: Mapping | None = None,
               warm_kernels: bool = True) -> StudySummary:
     """Run a study file: every run not yet complete, in dependency order; print the summary.
 
@@ -282,12 +246,12 @@ def run_study(path: str | os.PathLike, workers: int | None = None, dry_run: bool
         results_dir: overrides the study's ``results_dir``.
         progress: the progress bar over runs (True / False / ``"auto"``).
         execute: local executor: ``execute(notebook, output, parameters, cwd)``; default a
-            :class:`~medssl_utils.study.local.PapermillExecutor`.
+            :class:`~medssl_utils.study.local.PapermillEngine`.
         check_timm: ``check_timm(encoder) -> (ok, reason)``; default
             :func:`~medssl_utils.study.checks.timm_weights_available`.
         out: where the plan / summary is printed (default stdout).
         executor: ``"local"`` (this machine, the default), ``"slurm"`` (one SLURM job per run, via
-            submitit), or an object with the :class:`RunExecutor` interface.
+            submitit), or an object with the :class:`Executor` interface.
         executor_options: options of the slurm executor: resource overrides (``partition``,
             ``time``, ``cpus_per_task``, ``gpus_per_node``, ``mem``, ``account``, ``qos``,
             ``constraint``, ``sbatch``, ``setup``), ``max_jobs``, ``poll_s``.
@@ -361,7 +325,7 @@ def _dry_run(study, order, todo, problems, force, check_timm, out, name, executo
     return summary
 
 
-def _schedule(study: Study, order: list[Run], blocked: dict[str, str], executor: RunExecutor, *, force: bool,
+def _schedule(study: Study, order: list[Run], blocked: dict[str, str], executor: Executor, *, force: bool,
               progress: bool | str) -> dict[str, Outcome]:
     """Hand runs to ``executor`` as soon as the stages they need are settled, ``executor.capacity`` at a time.
 

@@ -42,7 +42,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from medssl_utils.errors import MedsslError, ParameterError
-from medssl_utils.study.local import PapermillExecutor, execute_run
+from medssl_utils.study.executor import Executor
+from medssl_utils.study.local import PapermillEngine, execute_run
 from medssl_utils.study.records import Outcome, first_line, read_state, write_result
 from medssl_utils.study.jobs import (  # noqa: F401 - re-exported: slurm.X stays valid
     ACTIVE, INTENT_FILE, JOB_FILE, QUEUED, _sacct_elapsed, _squeue_active, _state_word, _write_job, active_jobs, read_job)
@@ -153,7 +154,7 @@ def run_job(study: Study, run: Run, force: bool) -> Outcome | None:
     per_task = os.environ.get("SLURM_CPUS_PER_TASK")
     threads = int(per_task) if per_task else max(1, int(os.environ.get("SLURM_CPUS_ON_NODE", "1") or 1)
                                                  // max(1, int(os.environ.get("SLURM_NTASKS", "1") or 1)))
-    executor = PapermillExecutor(threads=threads)
+    executor = PapermillEngine(threads=threads)
     if rank == 0:
         return execute_run(study, run, force=force, execute=executor)
     out = run.run_dir / f"rank{rank}"
@@ -164,9 +165,9 @@ def run_job(study: Study, run: Run, force: bool) -> Outcome | None:
 
 
 # ============================================================================ the executor
-class SlurmExecutor:
+class SlurmExecutor(Executor):
     """Submits runs as SLURM jobs with submitit and waits for them (the scheduler's executor
-    interface: :class:`medssl_utils.study.runner.RunExecutor`).
+    interface: :class:`medssl_utils.study.executor.Executor`).
 
     Args:
         study: the study (its results folder holds ``slurm/`` and every run's ``slurm.json``).
@@ -176,6 +177,14 @@ class SlurmExecutor:
     """
 
     name = "slurm"
+
+    @classmethod
+    def from_options(cls, study: Study, *, workers: int | None = None, execute=None, options=None,
+                     warm_kernels: bool = True) -> "SlurmExecutor":
+        if workers not in (None, 1):
+            raise ParameterError(f"workers={workers!r}: only for executor 'local'; with 'slurm' use max_jobs "
+                                 "(--max-jobs) to limit the jobs in flight")
+        return cls(study, **dict(options or {}))
 
     def __init__(self, study: Study, *, max_jobs: int = 100, poll_s: float = 15.0, **overrides):
         self.capacity = _check_max_jobs(max_jobs)
