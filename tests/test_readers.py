@@ -10,8 +10,8 @@ import pytest
 
 from conftest import APPLEDOUBLE, truncate, write_acdc_patient
 from medssl_utils.data import load_dataset
-from medssl_utils.data.acdc import parse_info_cfg
-from medssl_utils.data.decathlon import detect_format
+from medssl_utils.data.readers.acdc import parse_info_cfg
+from medssl_utils.data.readers import detect_format
 from medssl_utils.data.nifti import read_array, write_nifti
 from medssl_utils.errors import DataError, ParameterError
 

@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from medssl_utils.config import cache_root
+from medssl_utils.cache import cache_root
 from medssl_utils.data.volume import Volume, VolumeSet
 from medssl_utils.errors import DataError, ParameterError
 

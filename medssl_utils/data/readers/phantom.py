@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from medssl_utils.config import cache_root
+from medssl_utils.cache import cache_root
 import medssl_utils.data.phantoms as ph
 from medssl_utils.data.phantoms import MAX_CASES, PHANTOMS, write_phantom
 from medssl_utils.data.readers.acdc import read_acdc
