@@ -48,13 +48,13 @@ import os
 import pickle
 import re
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from medssl_utils.errors import DataError, ParameterError
+from medssl_utils.rundir import now
 
 FORMAT_KEY = "medssl_checkpoint"
 FORMAT_VERSION = 1
@@ -183,8 +183,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 
 # ----------------------------------------------------------------------------- writing
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _json_safe(obj, what: str):
@@ -209,7 +207,7 @@ def _stage(stage: Mapping) -> dict:
     out.setdefault("epochs", None)
     out.setdefault("init", None)
     out["parent"] = None if out.get("parent") is None else str(out["parent"])
-    out.setdefault("created", _now())
+    out.setdefault("created", now())
     return _json_safe(out, "lineage_stage")
 
 
@@ -258,7 +256,7 @@ def save_checkpoint(path: str | os.PathLike, *, encoder_state: Mapping[str, torc
         "lineage": lineage,
         "extra": dict(extra or {}),
         "medssl_version": _version(),
-        "created": _now(),
+        "created": now(),
     }
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 
 from medssl_utils.errors import MedsslError
+from medssl_utils.rundir import write_json
 from medssl_utils.study.records import first_line
 from medssl_utils.study.spec import Run
 
@@ -32,8 +33,6 @@ def read_job(run: Run) -> dict | None:
 
 
 def _write_job(run: Run, record: dict) -> None:
-    from medssl_utils.rundir import write_json
-
     write_json(run.run_dir / JOB_FILE, record)
 
 

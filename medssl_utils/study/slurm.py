@@ -42,6 +42,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from medssl_utils.errors import MedsslError, ParameterError
+from medssl_utils.rundir import now, write_json
 from medssl_utils.study.executor import Executor
 from medssl_utils.study.local import PapermillEngine, execute_run
 from medssl_utils.study.records import Outcome, first_line, read_state, write_result
@@ -228,7 +229,7 @@ class SlurmExecutor(Executor):
                 adopted.append(run)
             else:  # it ended while nobody watched: its result.json says what happened; the run is redone
                 del self._jobs[rid]
-                _write_job(run, {**rec, "state": state, "ended": _now()})
+                _write_job(run, {**rec, "state": state, "ended": now()})
         return adopted
 
     def start(self, study: Study, runs: list[Run], force: bool) -> None:
@@ -270,9 +271,7 @@ class SlurmExecutor(Executor):
         folder = self.folder / token
         folder.mkdir(parents=True, exist_ok=True)
         intent = folder / INTENT_FILE
-        from medssl_utils.rundir import write_json
-
-        write_json(intent, {"job_name": job_name, "folder": str(folder), "submitted": _now(),
+        write_json(intent, {"job_name": job_name, "folder": str(folder), "submitted": now(),
                             "runs": [r.id for r in group]})
         from submitit.core.utils import FailedJobError
 
@@ -298,7 +297,7 @@ class SlurmExecutor(Executor):
         intent.unlink()
 
     def _record(self, run: Run, job_id: str, job_name: str, folder: Path) -> None:
-        rec = {"job_id": str(job_id), "job_name": job_name, "folder": str(folder), "submitted": _now(),
+        rec = {"job_id": str(job_id), "job_name": job_name, "folder": str(folder), "submitted": now(),
                "stdout": str(folder / f"{job_id}_0_log.out"), "stderr": str(folder / f"{job_id}_0_log.err"),
                "state": None, "ended": None}
         _write_job(run, rec)
@@ -396,7 +395,7 @@ class SlurmExecutor(Executor):
                 error = f"{what} [{where}]"
                 write_result(run, {"status": "failed", "error": error})
                 outcome = Outcome(run, "failed", error, seconds, job=job.job_id)
-        _write_job(run, {**rec, "state": state if final else "returned", "ended": _now()})
+        _write_job(run, {**rec, "state": state if final else "returned", "ended": now()})
         return outcome
 
 
@@ -416,7 +415,3 @@ def _last_error_line(text: str) -> str:
     return first_line(errors[-1] if errors else (lines[0] if lines else text))
 
 
-def _now() -> str:
-    from medssl_utils.rundir import now
-
-    return now()
