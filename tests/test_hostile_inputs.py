@@ -158,7 +158,7 @@ FT = dict(labelled_slices=3, encoder="test_resnet")
     (dict(eval_every="10"), r"eval_every='10': expected a whole number \(this is the text '10', not a number"),
     (dict(split="papre"), "split='papre' is not allowed; .*did you mean 'paper'"),
     (dict(loss="DICE_CE"), "loss='DICE_CE' is not allowed; .*did you mean 'dice_ce'"),
-    (dict(augment={"output_size": 96}), r"augment.output_size: not settable here: image_size \(128\) sets it"),
+    (dict(augment={"output_size": 96}), r"augment.output_size: not settable here: image_size \(64\) sets it"),
     (dict(augment={"rotation": "a lot"}), r"augment.rotation='a lot': expected a number"),
     (dict(augment={"rotation": 400}), r"augment.rotation=400"),
     (dict(augment=["flip"]), r"augment=\['flip'\]: expected a mapping"),
