@@ -28,8 +28,10 @@ venv: $(STAMP)
 	@$(PY) -m pip install -q --no-deps --no-build-isolation -e . >$(VENV)/.medssl-link.log 2>&1 \
 		|| { cat $(VENV)/.medssl-link.log; exit 1; }
 
-test: venv
-	$(PY) -m pytest -q
+TEST_WORKERS ?= 2
+
+test: venv  # everything, in TEST_WORKERS pytest-xdist workers (one file per worker at a time, each on its own cores)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-quick: venv  # the unit tests alone (no notebooks, SLURM, browser, DDP, GPU or slow tests)
 	$(PY) -m pytest -q -m "not system and not slow"

@@ -17,6 +17,24 @@ SYSTEM_TEST_FILES = {"test_notebooks.py", "test_browser.py", "test_slurm.py", "t
                      "test_gpu.py", "test_protocol.py"}
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs two workers) each worker gets its own share of the
+    cores: pinned to them (its notebook kernels, SLURM jobs and subprocesses inherit it) and its
+    torch / OpenMP threads set to match, so two workers never oversubscribe the machine."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < count:
+        return
+    share = cores[int(worker.removeprefix("gw")) % count::count]
+    os.sched_setaffinity(0, share)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(len(share))
+    import torch
+
+    torch.set_num_threads(len(share))
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in SYSTEM_TEST_FILES:

@@ -350,7 +350,7 @@ def test_dry_run_executes_nothing(tmp_path, nbs, capsys):
     assert out.index("pretrain/natural") < out.index("pretrain/nat-card") < out.index("finetune/chain/n4/seed0")
     assert "[init stage:natural@1 -> pretrain/natural/checkpoints/epoch_1.pt]" in out
     assert "finetune/imagenet/n4/seed0  [init timm]  (reason 1)" in out
-    assert "reason 1: init 'timm': no cached weights for resnet18 (test)" in out
+    assert "reason 1: init 'timm': no cached weights for tf_efficientnet_lite0 (test)" in out
 
 
 def test_status_lists_states(tmp_path, nbs, capsys):

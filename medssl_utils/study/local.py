@@ -20,6 +20,15 @@ from medssl_utils.study.executor import Executor
 from medssl_utils.study.jobs import ACTIVE, active_jobs
 from medssl_utils.study.spec import Run, Study
 
+def available_cores() -> int:
+    """The CPU cores this process may use: its affinity mask (taskset, SLURM, a test worker's
+    share), else ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 #: A notebook engine: ``engine(notebook, output, parameters, cwd)`` executes one notebook.
 NotebookEngine = Callable[[Path, Path, dict, Path], None]
 
@@ -180,7 +189,7 @@ class LocalExecutor(Executor):
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ParameterError(f"workers={workers!r}: expected a whole number >= 1")
         self.capacity = workers
-        self.execute = execute or PapermillEngine(threads=max(1, (os.cpu_count() or 1) // workers))
+        self.execute = execute or PapermillEngine(threads=max(1, available_cores() // workers))
         self.warm_kernels = bool(warm_kernels) and hasattr(self.execute, "warm")  # a PapermillEngine
         self.warm = None
         self.warm_note = "off" if not self.warm_kernels else "not started"
