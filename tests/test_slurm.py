@@ -27,7 +27,7 @@ from test_study import STUDIES, in_process, log_lines, make_study, nbs, result  
 
 from medssl_utils import study as st
 from medssl_utils.errors import MedsslError, ParameterError
-from medssl_utils.study import runner, slurm
+from medssl_utils.study import jobs, resources, runner, slurm
 from medssl_utils.study.records import Outcome
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ STAGE = {"method": "byol", "datasets": ["phantom:cardiac"]}
 @pytest.mark.parametrize("value,minutes", [(90, 90), ("90", 90), ("1:30", 2), ("2:00:00", 120), ("1-0", 1440),
                                            ("1-2:30", 1590), ("0-0:0:30", 1), ("1:00:01", 61)])
 def test_time_formats(value, minutes):
-    assert slurm._time_minutes(value) == minutes
+    assert resources._time_minutes(value) == minutes
 
 
 @pytest.mark.parametrize("slurm_section,key,message", [
@@ -274,7 +274,7 @@ def test_error_line_of_a_job_traceback():
              "call last):\n  File \"x.py\", line 1, in <module>\nsubmitit.core.utils.UncompletedJobError: Job not "
              "requeued because: timed-out and not checkpointable.\n----------------------\nYou can check full logs")
     assert slurm._last_error_line(trace).startswith("submitit.core.utils.UncompletedJobError: Job not requeued")
-    assert slurm._state_word("CANCELLED by 0") == "CANCELLED" and slurm._state_word("") == "UNKNOWN"
+    assert jobs._state_word("CANCELLED by 0") == "CANCELLED" and jobs._state_word("") == "UNKNOWN"
     why = slurm._explain("UncompletedJobError: Job not requeued because: timed-out too many times.", {"time": 240})
     assert why.startswith("the run reached its time limit (240 min, slurm.time / --time) on every attempt")
     assert why.endswith("(UncompletedJobError: Job not requeued because: timed-out too many times.)")
@@ -332,7 +332,7 @@ def _jobs_when_ended(name_prefix: str, expected: int) -> list[tuple[str, str, st
 
     def ended():
         seen[:] = _sacct_jobs(name_prefix)
-        done = len(seen) >= expected and not {j[2].split()[0] for j in seen} & slurm.ACTIVE
+        done = len(seen) >= expected and not {j[2].split()[0] for j in seen} & jobs.ACTIVE
         return list(seen) if done else None
 
     try:

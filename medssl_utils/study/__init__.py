@@ -119,7 +119,7 @@ they merge in that order (later wins; ``sbatch`` options merge option by option)
       stages:
         byol-acdc: {method: byol, datasets: [...], devices: 4, slurm: {gpus_per_node: 4}}
 
-Keys (:data:`medssl_utils.study.slurm.RESOURCE_KEYS`): ``partition``, ``time`` (required for
+Keys (:data:`medssl_utils.study.resources.RESOURCE_KEYS`): ``partition``, ``time`` (required for
 slurm: minutes or ``[D-]HH:MM[:SS]``), ``cpus_per_task``, ``gpus_per_node``, ``mem`` (``32G``),
 ``account``, ``qos``, ``constraint``, ``sbatch`` (other options, ``["--reservation=x"]``),
 ``setup`` (shell lines run in the job first). A run with ``devices: N > 1`` becomes one job with
@@ -184,13 +184,15 @@ print), :mod:`.runner` (scheduling, summary, status), :mod:`.cli` (the command l
 """
 
 from medssl_utils.study.checks import blocked_runs, check_parameters, preflight_problems, timm_weights_available
-from medssl_utils.study.cli import add_cli, format_plan, format_status, format_summary
+from medssl_utils.study.cli import add_cli
+from medssl_utils.study.formatting import format_plan, format_status, format_summary
 from medssl_utils.study.executor import EXECUTORS, Executor, executor_class
 from medssl_utils.study.local import LocalExecutor, NotebookEngine, PapermillEngine, execute_run
 from medssl_utils.study.records import STATES, Outcome, read_state
 from medssl_utils.study.runner import (CellSelection, StudySummary, cell_selections, make_executor,
                                        run_study, select_cell, skip_run, study_status)
-from medssl_utils.study.slurm import RESOURCE_KEYS, SlurmExecutor
+from medssl_utils.study.resources import RESOURCE_KEYS
+from medssl_utils.study.slurm import SlurmExecutor
 from medssl_utils.study.spec import Run, Study, execution_order, load_study
 
 __all__ = ["RESOURCE_KEYS", "STATES", "CellSelection", "Executor", "LocalExecutor", "NotebookEngine", "Outcome", "PapermillEngine",

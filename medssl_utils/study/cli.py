@@ -1,12 +1,13 @@
-"""What ``medssl study run`` / ``medssl study status`` print, and their command-line options."""
+"""The command line of ``medssl study run`` / ``medssl study status`` (what they print:
+:mod:`medssl_utils.study.formatting`)."""
 
 from __future__ import annotations
 
 from medssl_utils.errors import ParameterError
-from medssl_utils.study.formatting import (  # noqa: F401 - re-exported: the study package's face
-    SELECTION_STATES, STATUS_STATES, format_plan, format_selections, format_status, format_summary)
-from medssl_utils.study.runner import EXECUTORS, run_study, study_status
-from medssl_utils.study.slurm import RESOURCE_KEYS
+from medssl_utils.study.executor import EXECUTORS
+from medssl_utils.study.formatting import format_status
+from medssl_utils.study.resources import RESOURCE_KEYS
+from medssl_utils.study.runner import run_study, study_status
 from medssl_utils.study.spec import load_study
 
 SLURM_FLAGS = ("max_jobs", "poll_s", *RESOURCE_KEYS)

@@ -22,7 +22,8 @@ from medssl_utils import selection as selection_rule
 from medssl_utils.errors import MedsslError, ParameterError
 from medssl_utils.study.formatting import format_plan, format_summary
 from medssl_utils.study.checks import blocked_runs, check_parameters, preflight_problems
-from medssl_utils.study.executor import EXECUTORS, Executor, executor_class  # noqa: F401 - EXECUTORS: the face
+from medssl_utils.study.executor import Executor, executor_class
+from medssl_utils.study.jobs import ACTIVE, QUEUED, active_jobs
 from medssl_utils.study.local import NotebookEngine
 from medssl_utils.study.records import (Outcome, read_result, read_state, training_seconds, write_result,
                                         write_study_json)
@@ -432,8 +433,6 @@ def study_status(study: Study | str | os.PathLike, results_dir: str | os.PathLik
     if not isinstance(study, Study):
         study = load_study(study, results_dir)
     order = execution_order(study.runs)
-    from medssl_utils.study.slurm import ACTIVE, QUEUED, active_jobs
-
     jobs = active_jobs(order)
     index = {r.id: r for r in study.runs}
     decided: dict[str, CellSelection] = {}

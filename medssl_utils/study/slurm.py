@@ -46,10 +46,8 @@ from medssl_utils.rundir import now, write_json
 from medssl_utils.study.executor import Executor
 from medssl_utils.study.local import PapermillEngine, execute_run
 from medssl_utils.study.records import Outcome, first_line, read_state, write_result
-from medssl_utils.study.jobs import (  # noqa: F401 - re-exported: slurm.X stays valid
-    ACTIVE, INTENT_FILE, JOB_FILE, QUEUED, _sacct_elapsed, _squeue_active, _state_word, _write_job, active_jobs, read_job)
-from medssl_utils.study.resources import (  # noqa: F401 - re-exported
-    OWNED_OPTIONS, RESOURCE_KEYS, _sbatch_options, _time_minutes, check_resources, merge_resources)
+from medssl_utils.study.jobs import ACTIVE, INTENT_FILE, _sacct_elapsed, _squeue_active, _state_word, _write_job, read_job
+from medssl_utils.study.resources import RESOURCE_KEYS, check_resources, merge_resources
 from medssl_utils.study.spec import Run, Study
 
 #: The keys of a study file's ``slurm`` sections (and the flags of ``study run --executor slurm``).
