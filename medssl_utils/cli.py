@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_report(args) -> int:
-    from medssl_utils.report import run_cli  # pandas, seaborn, matplotlib: imported for this command only
+    from medssl_utils.report.cli import run_cli  # pandas, seaborn, matplotlib: imported for this command only
 
     return run_cli(args)
 

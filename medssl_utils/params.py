@@ -31,8 +31,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from medssl_utils.errors import ParameterError
-from medssl_utils.validate import (  # noqa: F401 - the validators, re-exported for callers of params
-    check_field_types, check_int, check_keywords, check_number, check_type, describe_type, matches_type, unknown_name)
+from medssl_utils.validate import check_int, check_number, check_type
 
 
 # ============================================================================ the declaration

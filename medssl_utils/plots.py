@@ -110,12 +110,16 @@ def histogram_figure(image: np.ndarray, label: np.ndarray | None = None, *, labe
     return fig
 
 
-def figure_png(fig) -> bytes:
-    """PNG bytes of a (pyplot-free) figure."""
+def figure_png(fig, dpi: float | None = None, tight: bool = False) -> bytes:
+    """PNG bytes of a (pyplot-free) figure, at ``dpi`` (matplotlib's default when None); ``tight``
+    crops to the drawn content so nothing at the edges is clipped (the report's figures)."""
     import io
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    options = {"dpi": dpi} if dpi is not None else {}
+    if tight:
+        options["bbox_inches"] = "tight"
+    fig.savefig(buf, format="png", **options)
     return buf.getvalue()
 
 

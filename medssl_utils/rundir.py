@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 from medssl_utils.errors import DataError, ParameterError
+from medssl_utils.fileio import atomic_write
 
 
 def read_json_object(path: Path) -> tuple[dict | None, str | None]:
@@ -39,14 +39,6 @@ def read_json_object(path: Path) -> tuple[dict | None, str | None]:
     return obj, None
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _json_default(o):
     if isinstance(o, Path):
         return str(o)
@@ -69,7 +61,7 @@ def _clean(o):
 
 
 def write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(_clean(json.loads(json.dumps(obj, default=_json_default))), indent=2))
+    atomic_write(path, json.dumps(_clean(json.loads(json.dumps(obj, default=_json_default))), indent=2))
 
 
 def now() -> str:
@@ -122,7 +114,7 @@ class RunDir:
 
     def write_text(self, name: str, text: str) -> None:
         if self.writer:
-            atomic_write_text(self.path / name, text)
+            atomic_write(self.path / name, text)
 
     def log(self, row: dict) -> None:
         self.rows.append(row)
@@ -131,7 +123,7 @@ class RunDir:
         if self.rows and self.writer:
             import pandas as pd  # here, not at the top: the CLI (study status, --help) reads run files without it
 
-            atomic_write_text(self.path / "history.csv", pd.DataFrame(self.rows).to_csv(index=False))
+            atomic_write(self.path / "history.csv", pd.DataFrame(self.rows).to_csv(index=False))
 
     def load_history(self, up_to_step: int) -> None:
         """Reload history rows of an interrupted run, keeping steps <= ``up_to_step``."""

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import torch
 
-from medssl_utils import cli, params, results, training
+from medssl_utils import cli, params, results, training, validate
 from medssl_utils import study as st
 from medssl_utils.errors import DataError, MedsslError, ParameterError
 from medssl_utils.models import build_unet, encoder_state, save_checkpoint
@@ -101,7 +101,7 @@ def test_a_disagreeing_parameters_cell_is_detected(tmp_path):
 @pytest.mark.parametrize("name", params.NOTEBOOKS)
 def test_every_declared_type_can_be_checked_and_described(name):
     for p in params.declared(name).values():
-        assert params.describe_type(p.type)  # raises TypeError for an annotation the checks cannot read
+        assert validate.describe_type(p.type)  # raises TypeError for an annotation the checks cannot read
 
 
 def _run_validation_cell(name: str, **injected):
@@ -498,7 +498,7 @@ def test_report_prints_every_problem_counted_and_exits_1(tmp_path, capsys, monke
     """Issue 10: `medssl report` mentioned problems only inside report.html."""
     from medssl_utils import report
 
-    monkeypatch.setattr(report, "_png", lambda fig: b"\x89PNG stub")
+    monkeypatch.setattr("medssl_utils.report.page.figure_png", lambda fig, **kw: b"\x89PNG stub")
     for seed in (0, 1):
         _good_run(tmp_path / "r", seed)
     assert cli.main(["report", str(tmp_path / "r")]) == 0
@@ -603,7 +603,7 @@ def test_a_medssl_checkpoint_of_another_encoder_is_one_line_through_file(tmp_pat
 def test_bad_flags_are_one_line(tmp_path, capsys, monkeypatch, argv, message):
     from medssl_utils import report
 
-    monkeypatch.setattr(report, "_png", lambda fig: b"\x89PNG stub")
+    monkeypatch.setattr("medssl_utils.report.page.figure_png", lambda fig, **kw: b"\x89PNG stub")
     _good_run(tmp_path / "runs", 0)
     names = {"STUDY": make_study(tmp_path), "MISSING": tmp_path / "missing", "RUNS": tmp_path / "runs",
              "OUT": tmp_path / "out"}

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from medssl_utils import report, results  # noqa: E402
+from medssl_utils import report, results, stats  # noqa: E402
 from medssl_utils.errors import DataError, ParameterError  # noqa: E402
 
 CARDIAC = "phantom:cardiac"
@@ -367,11 +367,11 @@ def test_error_vs_slices_and_power_law(an):
 
 def test_fit_power_law_exact():
     n = np.array([1, 3, 7, 15, 30, 75, 150])
-    fit = results.fit_power_law(n, 0.6 * n ** -0.45)
+    fit = stats.fit_power_law(n, 0.6 * n ** -0.45)
     assert fit["a"] == pytest.approx(0.6) and fit["b"] == pytest.approx(0.45) and fit["r2"] == pytest.approx(1.0)
-    two = results.fit_power_law([10, 100, 1000], [0.1, 0.01, 0.0])  # err 0 excluded and counted
+    two = stats.fit_power_law([10, 100, 1000], [0.1, 0.01, 0.0])  # err 0 excluded and counted
     assert two["b"] == pytest.approx(1.0) and two["n_excluded"] == 1 and np.isnan(two["r2"])
-    assert np.isnan(results.fit_power_law([10], [0.1])["b"])
+    assert np.isnan(stats.fit_power_law([10], [0.1])["b"])
 
 
 def test_hssl_table(an):
@@ -437,7 +437,7 @@ def test_write_report(res, tmp_path):
 
 
 def test_report_without_optional_data_and_cli(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(report, "_png", lambda fig: b"\x89PNG stub")  # rendering is tested above; keep this fast
+    monkeypatch.setattr("medssl_utils.report.page.figure_png", lambda fig, **kw: b"\x89PNG stub")  # rendering is tested above; keep this fast
     # one strategy on slice budgets plus "all" labels: no HSSL table, no epochs ablation → notes, not failures
     for seed in (0, 1):
         for n in (3, 30, None):

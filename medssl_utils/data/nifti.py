@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 
 from medssl_utils.errors import DataError
+from medssl_utils.fileio import atomic_file
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -232,7 +233,6 @@ def write_nifti(path: Path, data: np.ndarray, spacing, *, affine: np.ndarray | N
     img.header.set_zooms(zooms)
     img.header.set_xyzt_units("mm", "sec")
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name[: -len(suffix)]}{suffix}")
-    nib.save(img, str(tmp))
-    os.replace(tmp, path)
+    with atomic_file(path, suffix) as tmp:  # nibabel picks the format by the suffix
+        nib.save(img, str(tmp))
     return path

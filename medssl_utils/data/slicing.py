@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +39,7 @@ import torch.nn.functional as F
 from medssl_utils.cache import cache_root
 from medssl_utils.data.volume import Volume, VolumeSet
 from medssl_utils.errors import DataError, ParameterError
+from medssl_utils.fileio import atomic_folder
 
 CACHE_FORMAT = 1
 
@@ -204,10 +203,8 @@ def _build(vs: VolumeSet, prep: Preprocessing, final: Path, progress: bool) -> P
     t0 = time.perf_counter()
     counts = [v.shape[2] for v in vs.volumes]
     n, s = int(sum(counts)), prep.image_size
-    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_folder(final) as tmp:  # built concurrently by another process: theirs is kept
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.float16, shape=(n, s, s))
         labels = np.lib.format.open_memmap(tmp / "labels.npy", mode="w+", dtype=np.uint8, shape=(n, s, s))
         rows: list[dict] = []
@@ -239,11 +236,4 @@ def _build(vs: VolumeSet, prep: Preprocessing, final: Path, progress: bool) -> P
             "cache_format": CACHE_FORMAT,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        try:
-            os.replace(tmp, final)
-        except OSError:  # built concurrently by another process: use theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final

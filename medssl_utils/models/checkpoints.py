@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from medssl_utils.errors import DataError, ParameterError
+from medssl_utils.fileio import atomic_file
 from medssl_utils.rundir import now
 
 FORMAT_KEY = "medssl_checkpoint"
@@ -259,14 +260,8 @@ def save_checkpoint(path: str | os.PathLike, *, encoder_state: Mapping[str, torc
         "created": now(),
     }
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_file(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

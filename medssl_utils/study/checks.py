@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 
 from medssl_utils.errors import MedsslError, ParameterError
 from medssl_utils.study.spec import Run, Study, path_kinds
+from medssl_utils.validate import unknown_name
 
 
 def timm_weights_available(encoder: str) -> tuple[bool, str]:
@@ -105,7 +106,7 @@ def check_parameters(study: Study, runs: list[Run] | None = None) -> None:
                 other = [k for k, nb in NOTEBOOK_FILES.items() if k != run.kind and name in P.declared(nb[:-6])]
                 text = (f"not a parameter of {NOTEBOOK_FILES[run.kind]} (it is one of {NOTEBOOK_FILES[other[0]]}'s: "
                         f"set it in {other[0]}.params)" if other else
-                        P.unknown_name(name, set(declared) | set(cell), f"a parameter of {NOTEBOOK_FILES[run.kind]}"))
+                        unknown_name(name, set(declared) | set(cell), f"a parameter of {NOTEBOOK_FILES[run.kind]}"))
                 raise _located(study, run, name, text)
         values = {k: v for k, v in cell.items() if k in declared and v is not P.NOT_LITERAL}
         values.update({k: v for k, v in run.params.items() if k in declared})

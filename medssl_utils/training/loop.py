@@ -17,6 +17,7 @@ from torch.utils.data import Sampler
 
 from medssl_utils import __version__
 from medssl_utils.errors import DataError, MedsslError, ParameterError, check_choice
+from medssl_utils.fileio import atomic_file
 from medssl_utils.rundir import RunDir, now
 from medssl_utils.training.config import _RUNTIME_KEYS, DEVICES, PRECISIONS, TrainingError
 
@@ -265,11 +266,9 @@ def prepare_run(cfg, kind: str) -> tuple[RunDir, dict | None]:
 
 
 def save_state(path: Path, step: int, module, optimizer, extra: dict | None = None) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"step": step, "model": module.state_dict(), "optimizer": optimizer.state_dict(),
-                "extra": extra or {}}, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save({"step": step, "model": module.state_dict(), "optimizer": optimizer.state_dict(),
+                    "extra": extra or {}}, tmp)
 
 
 def load_state(path: Path, module, optimizer) -> tuple[int, dict]:

@@ -10,7 +10,6 @@ from ``cases + 1`` when there are more than 100 training cases).
 from __future__ import annotations
 
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from medssl_utils.data.nifti import write_nifti
+from medssl_utils.fileio import atomic_write
 from medssl_utils.data.phantoms.common import case_rng, write_appledouble
 
 
@@ -97,7 +97,5 @@ def write_msd(task: MsdTask, out_dir: Path, cases: int, seed: int, *, workers: i
     else:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(one, jobs))  # list() re-raises the first error
-    tmp = root / f".dataset.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(dataset_json(task, cases), indent=4) + "\n")
-    os.replace(tmp, root / "dataset.json")
+    atomic_write(root / "dataset.json", json.dumps(dataset_json(task, cases), indent=4) + "\n")
     return root

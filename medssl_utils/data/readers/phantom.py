@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 
 from medssl_utils.cache import cache_root
@@ -22,6 +20,7 @@ from medssl_utils.data.readers.base import Option, Reader
 from medssl_utils.data.readers.msd import read_msd
 from medssl_utils.data.volume import VolumeSet
 from medssl_utils.errors import DataError, ParameterError
+from medssl_utils.fileio import atomic_folder
 
 
 
@@ -48,21 +47,13 @@ def ensure_phantom(name: str, *, cases: int | None = None, seed: int = 0) -> tup
     final = cache_root() / "phantoms" / f"{name}-n{n}-s{seed}-{_phantom_code_version()}"
     marker = final / ".medssl-phantom.json"
     if not marker.is_file():
-        tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_folder(final) as tmp:  # another process finished first: theirs is kept
             root = write_phantom(name, tmp, cases=n, seed=seed)
             (tmp / ".medssl-phantom.json").write_text(json.dumps(
                 {"name": name, "cases": n, "seed": seed, "root": str(Path(root).relative_to(tmp))}))
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another process finished first: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not marker.is_file():
-                raise DataError(f"{final}: could not place the generated phantom") from None
+        if not marker.is_file():
+            raise DataError(f"{final}: could not place the generated phantom")
     rel = json.loads(marker.read_text())["root"]
     return final / rel, info.format
 
