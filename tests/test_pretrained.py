@@ -9,7 +9,8 @@ import torch
 from medssl_utils.errors import DataError, ParameterError
 from medssl_utils.models import build_unet
 from medssl_utils.models import pretrained
-from medssl_utils.models.init import _check_imagenet_tag, parse_init, timm_pretrained_state
+from medssl_utils.models.init_spec import parse_init
+from medssl_utils.models.timm_weights import check_imagenet_tag, timm_pretrained_state
 
 # ImageNet-1k class ids
 ESPRESSO, CUP = 967, 968
@@ -117,8 +118,8 @@ def test_conversion_refuses_what_does_not_correspond():
 
 def test_imagenet_alias():
     assert parse_init("imagenet") == ("timm", None) and parse_init("ImageNet") == ("timm", None)
-    _check_imagenet_tag("tf_efficientnet_lite0")  # in1k: fine
+    check_imagenet_tag("tf_efficientnet_lite0")  # in1k: fine
     with pytest.raises(DataError, match="init='imagenet'.*tagged 'openai', not ImageNet"):
-        _check_imagenet_tag("vit_base_patch16_clip_224.openai")
+        check_imagenet_tag("vit_base_patch16_clip_224.openai")
     with pytest.raises(ParameterError, match="'timm' or 'imagenet'"):
         parse_init("imagnet")

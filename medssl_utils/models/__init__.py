@@ -12,8 +12,10 @@ Public names (imported lazily, so ``import medssl_utils.models`` stays cheap)::
     load_checkpoint(path) -> dict
     describe_lineage(lineage) -> str
 
-Submodules: ``unet`` (factory), ``init`` (encoder initialisation and conversion of foreign
-checkpoints), ``checkpoints`` (medssl checkpoint format and lineage).
+Submodules: ``unet`` (factory), ``init`` (the encoder initialisation entry point), ``init_spec``
+(what an ``init`` string means, checked without torch), ``convert`` (foreign checkpoints into an
+encoder), ``timm_weights`` (timm's pretrained weights, offline where a package ships them),
+``checkpoints`` (medssl checkpoint format and lineage).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ _EXPORTS = {
     "build_encoder": "unet",
     "check_encoder_name": "unet",
     "load_encoder_init": "init",
-    "parse_init": "init",
+    "parse_init": "init_spec",
+    "check_init": "init_spec",
     "encoder_state": "checkpoints",
     "decoder_state": "checkpoints",
     "save_checkpoint": "checkpoints",

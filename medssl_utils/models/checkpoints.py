@@ -67,7 +67,7 @@ _REQUIRED = {"encoder_name": str, "in_channels": int, "encoder": Mapping, "linea
 
 
 # ----------------------------------------------------------------------------- module states
-def _unwrap(module: nn.Module) -> nn.Module:
+def unwrap_model(module: nn.Module) -> nn.Module:
     """The user's module behind DDP / Fabric / torch.compile wrappers."""
     for _ in range(8):
         inner = getattr(module, "module", None) or getattr(module, "_orig_mod", None)
@@ -77,8 +77,8 @@ def _unwrap(module: nn.Module) -> nn.Module:
     return module
 
 
-def _smp_encoder(module: nn.Module) -> nn.Module:
-    module = _unwrap(module)
+def smp_encoder(module: nn.Module) -> nn.Module:
+    module = unwrap_model(module)
     enc = getattr(module, "encoder", None)
     if isinstance(enc, nn.Module):
         return enc
@@ -96,12 +96,12 @@ def encoder_state(model: nn.Module) -> dict[str, torch.Tensor]:
     wrappers are looked through. Keys are those of the smp encoder: ``model.conv1.weight``,
     ``model.layer1.0.conv1.weight``, ...
     """
-    return {k: v.detach().to("cpu", copy=True) for k, v in _smp_encoder(model).state_dict().items()}
+    return {k: v.detach().to("cpu", copy=True) for k, v in smp_encoder(model).state_dict().items()}
 
 
 def decoder_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """CPU copy of a U-Net's decoder state dict (``model.decoder``), for :func:`save_checkpoint`."""
-    model = _unwrap(model)
+    model = unwrap_model(model)
     dec = getattr(model, "decoder", None)
     if not isinstance(dec, nn.Module):
         raise ParameterError(f"expected a U-Net with a .decoder, got {type(model).__name__}")

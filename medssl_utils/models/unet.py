@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from medssl_utils.errors import ParameterError
-from medssl_utils.models.init import MIN_MATCH, check_init, load_encoder_init
+from medssl_utils.models.convert import MIN_MATCH
+from medssl_utils.models.init import load_encoder_init
+from medssl_utils.models.init_spec import check_init
 
 DEFAULT_DECODER_CHANNELS = (256, 128, 64, 32, 16)
 _INIT_OPTIONS = ("load_decoder", "weights_key", "min_match")

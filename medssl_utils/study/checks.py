@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from medssl_utils.errors import MedsslError, ParameterError
+from medssl_utils.models.init_spec import parse_init
 from medssl_utils.study.spec import Run, Study, path_kinds
 from medssl_utils.validate import unknown_name
 
@@ -135,8 +136,6 @@ def _located(study: Study, run: Run, name: str | None, text: str) -> ParameterEr
 
 def _init_file(init) -> Path | None:
     """The weights file an init names (``file:PATH``, a checkpoint path), else None."""
-    from medssl_utils.models.init import parse_init
-
     try:
         kind, path = parse_init(init)
     except ParameterError:

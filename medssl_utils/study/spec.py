@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medssl_utils.errors import MedsslError, ParameterError
+from medssl_utils.models.init_spec import parse_init
 from medssl_utils.study.resources import check_resources
 
 KINDS = ("pretrain", "finetune")
@@ -371,8 +372,6 @@ def _resolve_init(ctx: _Ctx, init, key: str, stages: dict, results: Path) -> tup
             raise ctx.error(key, f"{text!r}: epoch {epoch.strip()} is not in the save_epochs {saved} of "
                                  f"stage {stage!r}")
         return str(ckpt / f"epoch_{int(epoch)}.pt"), (f"pretrain/{stage}",)
-    from medssl_utils.models.init import parse_init
-
     try:
         kind, path = parse_init(text)
     except ParameterError as exc:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from medssl_utils.data.specs import check_spec, check_specs
 from medssl_utils.data.transforms import SSL_PRESETS, check_augment, ssl_preset
 from medssl_utils.errors import MedsslError, ParameterError, check_choice
-from medssl_utils.models.init import check_init
+from medssl_utils.models.init_spec import check_init
 from medssl_utils.models.methods import METHODS as SSL_METHODS
 from medssl_utils.models.methods import method_class
 from medssl_utils.models.unet import check_decoder_channels, check_encoder_name

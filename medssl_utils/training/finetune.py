@@ -136,7 +136,7 @@ def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
     from medssl_utils.losses import segmentation_loss
     from medssl_utils.models import build_unet, describe_lineage
     from medssl_utils.models.checkpoints import is_medssl_checkpoint, read_weights_file
-    from medssl_utils.models.init import check_init
+    from medssl_utils.models.init_spec import check_init
 
     fabric = loop.make_fabric(cfg.device, cfg.precision, cfg.devices)
     with fabric.rank_zero_first():
