@@ -37,6 +37,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from medssl_utils.errors import ParameterError, check_choice
+from medssl_utils.validate import check_int
 
 LOSSES = ("dice_ce", "jaccard")
 
@@ -118,8 +119,7 @@ def segmentation_loss(name: str = "dice_ce", num_classes: int = 4, **options) ->
         ParameterError: unknown name or option, ``num_classes < 2``, negative weights.
     """
     check_choice("loss", name, LOSSES)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ParameterError(f"num_classes={num_classes!r} is not allowed; expected an integer >= 2")
+    check_int("num_classes", num_classes, 2)
     unknown = sorted(set(options) - set(_OPTIONS[name]))
     if unknown:
         raise ParameterError(f"loss {name!r} does not take option(s) {unknown}; allowed options: "

@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from medssl_utils.errors import ParameterError
+from medssl_utils.validate import check_int
 
 METRICS = ("dice", "hd", "hd95")
 
@@ -341,8 +342,7 @@ def dice_counts(logits_or_pred: torch.Tensor, target: torch.Tensor, num_classes:
         ``(tp, fp, fn)`` int64 tensors on the input's device. Sum them over validation batches
         and pass to :func:`dice_from_counts` for a dataset-level Dice.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ParameterError(f"num_classes={num_classes!r} is not allowed; expected a positive integer")
+    check_int("num_classes", num_classes, 1)
     pred = logits_or_pred
     if pred.is_floating_point():
         if pred.ndim != 4 or pred.shape[1] != num_classes:

@@ -10,6 +10,7 @@ classes use them.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -20,13 +21,21 @@ from medssl_utils.errors import ParameterError, close_matches
 
 # ============================================================================ single checks
 def check_int(name: str, value, lo: int | None = None, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    """A whole number (Python or numpy integer, not a bool) in ``lo..hi``; returned as an ``int``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ParameterError(f"{name}={value!r}: expected a whole number"
                              + (f" in {lo}..{hi}" if lo is not None and hi is not None else "")
                              + _text_hint(value))
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
         raise ParameterError(f"{name}={value}: expected a whole number {rng}")
+    return int(value)
+
+
+def check_bool(name: str, value) -> bool:
+    """``True`` or ``False`` (not 0/1, not the text ``"false"``)."""
+    if not isinstance(value, bool):
+        raise ParameterError(f"{name}={value!r}: expected True or False")
     return value
 
 

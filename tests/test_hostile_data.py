@@ -232,7 +232,7 @@ def test_phantoms_out_is_a_file(tmp_path, capsys):
 
 def test_phantoms_cases_is_bounded(tmp_path, capsys):
     code, err = cli(capsys, "data", "phantoms", tmp_path / "out", "--cases", "2000000")
-    assert code == 2 and one_line(err) and "cases=2000000: expected an integer in 1..2000" in err
+    assert code == 2 and one_line(err) and "cases=2000000: expected a whole number in 1..2000" in err
     assert not (tmp_path / "out").exists()
 
 

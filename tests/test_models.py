@@ -127,7 +127,7 @@ def test_build_unet_depth_follows_decoder_channels_and_seed_repeats():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(encoder="resnet19"), r"encoder='resnet19' is not a timm model name.*resnet18"),
     (dict(encoder=""), "encoder=''"),
-    (dict(num_classes=0), r"num_classes=0: expected an integer >= 1"),
+    (dict(num_classes=0), r"num_classes=0: expected a whole number >= 1"),
     (dict(num_classes=True), "num_classes=True"),
     (dict(in_channels=0), "in_channels=0"),
     (dict(decoder_channels=()), "decoder_channels=()"),

@@ -36,7 +36,8 @@ from lightly.utils.scheduler import cosine_schedule
 from torch import nn
 
 from medssl_utils.errors import ParameterError
-from medssl_utils.models.ssl_common import SSLMethod, check_dim, check_features, check_views, pooled
+from medssl_utils.validate import check_int, check_number
+from medssl_utils.models.ssl_common import SSLMethod, check_features, check_views, pooled
 
 __all__ = ["BYOL", "auto_base_momentum", "momentum_schedule"]
 
@@ -50,8 +51,7 @@ def auto_base_momentum(total_steps: int, remaining: float = 0.01, paper: float =
     the online network chases a mostly random target. This rule keeps at most ``remaining``
     (1 %) of it: ``m0 = 0.99`` for ``T >= 922`` steps, 0.879 for 76 steps.
     """
-    if not isinstance(total_steps, int) or isinstance(total_steps, bool) or total_steps < 1:
-        raise ParameterError(f"total_steps={total_steps!r} must be a positive int")
+    check_int("total_steps", total_steps, 1)
     return min(paper, max(0.0, 1.0 - 2.0 * math.log(1.0 / remaining) / total_steps))
 
 
@@ -67,13 +67,10 @@ def momentum_schedule(step: int, total_steps: int, base_momentum: float = 0.99, 
     step ``T - 1`` (and any later one, e.g. after a resume) gives ``1.0``. BYOL's paper writes
     the same curve with ``k / K``; indexing steps 0..T-1 makes the last step reach ``m1``.
     """
-    if not isinstance(total_steps, int) or isinstance(total_steps, bool) or total_steps < 1:
-        raise ParameterError(f"total_steps={total_steps!r} must be a positive int")
-    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-        raise ParameterError(f"step={step!r} must be an int >= 0")
+    check_int("total_steps", total_steps, 1)
+    check_int("step", step, 0)
     for name, m in (("base_momentum", base_momentum), ("final_momentum", final_momentum)):
-        if not isinstance(m, (int, float)) or isinstance(m, bool) or not 0.0 <= m <= 1.0:
-            raise ParameterError(f"{name}={m!r} must be a number in [0, 1]")
+        check_number(name, m, 0.0, 1.0)
     return cosine_schedule(min(step, total_steps), total_steps, float(base_momentum), float(final_momentum))
 
 
@@ -105,10 +102,10 @@ class BYOL(SSLMethod, nn.Module):
                                         or not 0.0 <= base_momentum <= 1.0):
             raise ParameterError(f"base_momentum={base_momentum!r} must be 'auto' or a number in [0, 1]")
         self.base_momentum = base_momentum
-        self.feature_dim = check_dim("feature_dim", feature_dim)
-        check_dim("projection_dim", projection_dim)
-        check_dim("hidden_dim", hidden_dim)
-        check_dim("predictor_hidden_dim", predictor_hidden_dim)
+        self.feature_dim = check_int("feature_dim", feature_dim, 1)
+        check_int("projection_dim", projection_dim, 1)
+        check_int("hidden_dim", hidden_dim, 1)
+        check_int("predictor_hidden_dim", predictor_hidden_dim, 1)
         self.encoder = encoder
         self.projector = BYOLProjectionHead(feature_dim, hidden_dim, projection_dim)
         self.predictor = BYOLPredictionHead(projection_dim, predictor_hidden_dim, projection_dim)

@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from medssl_utils.errors import DataError, ParameterError
+from medssl_utils.validate import check_int
 from medssl_utils.fileio import atomic_file
 from medssl_utils.rundir import now
 
@@ -234,8 +235,7 @@ def save_checkpoint(path: str | os.PathLike, *, encoder_state: Mapping[str, torc
     """
     if not isinstance(encoder_name, str) or not encoder_name:
         raise ParameterError(f"encoder_name={encoder_name!r}: expected a timm model name")
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise ParameterError(f"in_channels={in_channels!r}: expected an integer >= 1")
+    check_int("in_channels", in_channels, 1)
     for name, state in (("encoder_state", encoder_state), ("decoder_state", decoder_state)):
         if state is None and name == "decoder_state":
             continue

@@ -65,12 +65,11 @@ from lightly.models.modules import SimCLRProjectionHead
 from torch import nn
 
 from medssl_utils.errors import ParameterError
+from medssl_utils.validate import check_bool, check_int, check_number
 from medssl_utils.models.unet import standardize_images
 from medssl_utils.models.ssl_common import (
     SSLMethod,
-    check_dim,
     check_features,
-    check_positive,
     check_views,
     contrastive_accuracy,
     pooled,
@@ -95,8 +94,7 @@ def _check_weights(weights) -> dict[str, float]:
     out = {}
     for k in LEVELS:
         w = weights[k]
-        if not isinstance(w, (int, float)) or isinstance(w, bool) or not (w >= 0 and w < float("inf")):
-            raise ParameterError(f"weights[{k!r}]={w!r} must be a finite number >= 0")
+        check_number(f"weights[{k!r}]", w, 0)
         out[k] = float(w)
     if not any(out.values()):
         raise ParameterError(f"weights={weights!r}: at least one level needs a weight > 0")
@@ -178,8 +176,8 @@ class HSSL(SSLMethod, nn.Module):
                  dense_temperature: float = 0.2, standardize: bool = True):
         super().__init__()
         self.weights = _check_weights(DEFAULT_WEIGHTS if weights is None else weights)
-        self.num_tasks = check_dim("num_tasks", num_tasks)
-        self.num_groups = check_dim("num_groups", num_groups)
+        self.num_tasks = check_int("num_tasks", num_tasks, 1)
+        self.num_groups = check_int("num_groups", num_groups, 1)
         for level, n in (("task", num_tasks), ("group", num_groups)):
             if self.weights[level] > 0 and n < 2:
                 raise ParameterError(
@@ -189,24 +187,23 @@ class HSSL(SSLMethod, nn.Module):
         if self.weights["dense"] > 0 and not pretrain_decoder:
             raise ParameterError("weights['dense'] > 0 needs pretrain_decoder=True (the dense level trains the "
                                  "decoder); set weights['dense']=0 to pretrain the encoder alone")
-        check_dim("projection_dim", projection_dim)
-        check_dim("hidden_dim", hidden_dim)
-        self.dense_grid = check_dim("dense_grid", dense_grid)
-        check_dim("dense_dim", dense_dim)
-        check_dim("dense_hidden_dim", dense_hidden_dim)
-        self.temperature = check_positive("temperature", temperature)
-        if not isinstance(standardize, bool):
-            raise ParameterError(f"standardize={standardize!r} must be True or False")
+        check_int("projection_dim", projection_dim, 1)
+        check_int("hidden_dim", hidden_dim, 1)
+        self.dense_grid = check_int("dense_grid", dense_grid, 1)
+        check_int("dense_dim", dense_dim, 1)
+        check_int("dense_hidden_dim", dense_hidden_dim, 1)
+        self.temperature = check_number("temperature", temperature, 0, low_open=True)
+        check_bool("standardize", standardize)
         self.standardize = standardize
 
         self.encoder = unet.encoder
-        self.feature_dim = check_dim("feature_dim", int(unet.encoder.out_channels[-1]))
+        self.feature_dim = check_int("feature_dim", int(unet.encoder.out_channels[-1]), 1)
         dims = {"encoder": self.feature_dim}
         self.pretrain_decoder = bool(pretrain_decoder)  # the training loop saves the decoder only when True
         if pretrain_decoder:
             self.decoder = unet.decoder
-            self.decoder_dim = check_dim("decoder_dim", decoder_dim if decoder_dim is not None
-                                         else _decoder_channels(unet))
+            self.decoder_dim = check_int("decoder_dim", decoder_dim if decoder_dim is not None
+                                         else _decoder_channels(unet), 1)
             dims["decoder"] = self.decoder_dim
         else:
             self.decoder = None
@@ -218,7 +215,7 @@ class HSSL(SSLMethod, nn.Module):
         self.dense_head = (SimCLRProjectionHead(self.decoder_dim, dense_hidden_dim, dense_dim)
                            if self.weights["dense"] > 0 else None)
         self.contrastive = NTXentLoss(temperature=self.temperature, gather_distributed=bool(gather_distributed))
-        self.dense_contrastive = NTXentLoss(temperature=check_positive("dense_temperature", dense_temperature),
+        self.dense_contrastive = NTXentLoss(temperature=check_number("dense_temperature", dense_temperature, 0, low_open=True),
                                             gather_distributed=False)
 
     def _heads(self, level: str, dims: dict[str, int], make) -> nn.ModuleDict | None:

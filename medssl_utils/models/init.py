@@ -68,6 +68,7 @@ import torch
 from torch import nn
 
 from medssl_utils.errors import DataError, ParameterError
+from medssl_utils.validate import check_number
 from medssl_utils.models.checkpoints import (is_medssl_checkpoint, read_weights_file, smp_encoder, unwrap_model,
                                               validate_checkpoint)
 
@@ -110,8 +111,7 @@ def load_encoder_init(model: nn.Module, init: str | os.PathLike = "random", *, l
     module = unwrap_model(model)
     encoder = smp_encoder(module)
     kind, path = check_init(init, load_decoder)
-    if isinstance(min_match, bool) or not isinstance(min_match, (int, float)) or not 0 < min_match <= 1:
-        raise ParameterError(f"min_match={min_match!r}: expected a fraction in (0, 1]")
+    check_number("min_match", min_match, 0, 1, low_open=True, what="a fraction in (0, 1]")
     if weights_key is not None and not isinstance(weights_key, str):
         raise ParameterError(f"weights_key={weights_key!r}: expected a dotted key prefix such as 'target_backbone'")
     if load_decoder and encoder is module:

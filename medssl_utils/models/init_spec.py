@@ -8,6 +8,7 @@ from pathlib import Path
 
 
 from medssl_utils.errors import DataError, ParameterError
+from medssl_utils.validate import check_bool
 
 
 
@@ -44,8 +45,7 @@ def check_init(init: str | os.PathLike, load_decoder: bool = False) -> tuple[str
     """:func:`parse_init` plus the checks that need no model: the file exists, and
     ``load_decoder=True`` comes with a checkpoint path. Lets factories fail before building."""
     kind, path = parse_init(init)
-    if not isinstance(load_decoder, bool):
-        raise ParameterError(f"load_decoder={load_decoder!r}: expected True or False")
+    check_bool("load_decoder", load_decoder)
     if load_decoder and kind != "path":
         raise ParameterError(f"load_decoder=True needs init to be a medssl checkpoint holding a "
                              f"pretrained decoder, not init={init!r}")

@@ -37,6 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from medssl_utils.errors import ParameterError
+from medssl_utils.validate import check_int, check_number
 
 __all__ = ["LABELS", "chance_levels", "dataset_labels", "embed_dataset", "knn_accuracy", "knn_evaluate",
            "knn_probe", "position_bins"]
@@ -79,10 +80,8 @@ def knn_accuracy(train_emb: torch.Tensor, train_labels, test_emb: torch.Tensor, 
     test_emb, test_labels = _check_pair("test", test_emb, test_labels)
     if train_emb.shape[1] != test_emb.shape[1]:
         raise ParameterError(f"train_emb has D={train_emb.shape[1]} but test_emb has D={test_emb.shape[1]}")
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ParameterError(f"k={k!r} must be a positive int")
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
-        raise ParameterError(f"temperature={temperature!r} must be a number > 0")
+    check_int("k", k, 1)
+    check_number("temperature", temperature, 0, low_open=True)
 
     device = train_emb.device
     bank = F.normalize(train_emb.float(), dim=1)
@@ -114,8 +113,7 @@ def embed_dataset(model: nn.Module, dataset: Dataset, batch_size: int = 256, dev
     Returns ``(embeddings (N, D) float32 on CPU, tags)``, ``tags`` mapping each integer
     field of the items (``index``, ``domain``, ``task``, ``group``) to an int64 ``(N,)`` tensor.
     """
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ParameterError(f"batch_size={batch_size!r} must be a positive int")
+    check_int("batch_size", batch_size, 1)
     if not callable(getattr(model, "embed", None)):
         raise ParameterError(f"{type(model).__name__} has no embed(images) method")
     if device is None:
@@ -142,8 +140,7 @@ def position_bins(position, bins: int = 3) -> torch.Tensor:
     With 3 bins: ``position < 1/3`` -> 0, ``< 2/3`` -> 1, else 2 (one end, middle, other
     end of the stack; for ACDC short-axis stacks slice 0 is usually the base). Returns int64.
     """
-    if not isinstance(bins, int) or isinstance(bins, bool) or bins < 1:
-        raise ParameterError(f"bins={bins!r} must be a positive int")
+    check_int("bins", bins, 1)
     position = np.asarray(position, dtype=np.float64)
     edges = np.arange(1, bins) / bins
     return torch.from_numpy(np.digitize(position, edges).astype(np.int64))

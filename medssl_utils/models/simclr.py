@@ -18,11 +18,10 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from torch import nn
 
+from medssl_utils.validate import check_int, check_number
 from medssl_utils.models.ssl_common import (
     SSLMethod,
-    check_dim,
     check_features,
-    check_positive,
     check_views,
     contrastive_accuracy,
     pooled,
@@ -49,10 +48,10 @@ class SimCLR(SSLMethod, nn.Module):
     def __init__(self, encoder: nn.Module, feature_dim: int, projection_dim: int = 128, hidden_dim: int = 2048,
                  temperature: float = 0.1, gather_distributed: bool = True):
         super().__init__()
-        self.feature_dim = check_dim("feature_dim", feature_dim)
-        check_dim("projection_dim", projection_dim)
-        check_dim("hidden_dim", hidden_dim)
-        self.temperature = check_positive("temperature", temperature)
+        self.feature_dim = check_int("feature_dim", feature_dim, 1)
+        check_int("projection_dim", projection_dim, 1)
+        check_int("hidden_dim", hidden_dim, 1)
+        self.temperature = check_number("temperature", temperature, 0, low_open=True)
         self.encoder = encoder
         self.projector = SimCLRProjectionHead(feature_dim, hidden_dim, projection_dim)
         self.criterion = NTXentLoss(temperature=self.temperature, gather_distributed=bool(gather_distributed))

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from medssl_utils.errors import ParameterError
 
-__all__ = ["SSLMethod", "check_dim", "check_positive", "check_views", "contrastive_accuracy", "pooled"]
+__all__ = ["SSLMethod", "check_views", "contrastive_accuracy", "pooled"]
 
 
 def pooled(features: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
@@ -83,19 +83,6 @@ def contrastive_accuracy(z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
     return (sim.argmax(dim=1) == partner).float().mean()
 
 
-def check_dim(name: str, value) -> int:
-    """A positive int (a layer width or a class count)."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ParameterError(f"{name}={value!r} must be a positive int")
-    return value
-
-
-def check_positive(name: str, value) -> float:
-    """A finite number > 0 (a temperature)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    if not ok:
-        raise ParameterError(f"{name}={value!r} must be a finite number > 0")
-    return float(value)
 
 
 class SSLMethod:

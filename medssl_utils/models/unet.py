@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from medssl_utils.errors import ParameterError
+from medssl_utils.validate import check_int
 from medssl_utils.models.convert import MIN_MATCH
 from medssl_utils.models.init import load_encoder_init
 from medssl_utils.models.init_spec import check_init
@@ -46,8 +47,7 @@ def check_encoder_name(encoder: str) -> str:
 
 
 def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ParameterError(f"{name}={value!r}: expected an integer >= {minimum}")
+    check_int(name, value, minimum)
     return value
 
 

@@ -15,6 +15,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from medssl_utils.errors import MedsslError, ParameterError
+from medssl_utils.validate import check_int
 from medssl_utils.study.records import Outcome, one_line, read_state, write_result, write_study_json
 from medssl_utils.study.executor import Executor
 from medssl_utils.study.jobs import ACTIVE, active_jobs
@@ -186,8 +187,7 @@ class LocalExecutor(Executor):
         return cls(1 if workers is None else workers, execute, warm_kernels=warm_kernels)
 
     def __init__(self, workers: int = 1, execute: NotebookEngine | None = None, warm_kernels: bool = True, out=None):
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ParameterError(f"workers={workers!r}: expected a whole number >= 1")
+        check_int("workers", workers, 1)
         self.capacity = workers
         self.execute = execute or PapermillEngine(threads=max(1, available_cores() // workers))
         self.warm_kernels = bool(warm_kernels) and hasattr(self.execute, "warm")  # a PapermillEngine

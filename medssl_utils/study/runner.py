@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medssl_utils import selection as selection_rule
-from medssl_utils.errors import MedsslError, ParameterError
+from medssl_utils.errors import MedsslError
+from medssl_utils.validate import check_int
 from medssl_utils.study.formatting import format_plan, format_summary
 from medssl_utils.study.checks import blocked_runs, check_parameters, preflight_problems
 from medssl_utils.study.executor import Executor, executor_class
@@ -264,8 +265,8 @@ def run_study(path: str | os.PathLike, workers: int | None = None, dry_run: bool
     ``run_study`` at a time may work on one results folder (a lock file says which process has it).
     """
     out = out or sys.stdout
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ParameterError(f"workers={workers!r}: expected a whole number >= 1")
+    if workers is not None:
+        check_int("workers", workers, 1)
     t0 = time.perf_counter()
     study = load_study(path, results_dir)
     check_parameters(study)  # every notebook parameter, before anything runs (dry runs too)

@@ -33,6 +33,7 @@ from medssl_utils.data.phantoms import abdomen, brain, cardiac, prostate
 from medssl_utils.data.phantoms.common import MAX_CASES, check_seed  # noqa: F401 - MAX_CASES: part of the face
 from medssl_utils.data.phantoms.decathlon import MsdTask, write_msd
 from medssl_utils.errors import DataError, ParameterError
+from medssl_utils.validate import check_int
 
 __all__ = ["PHANTOMS", "PhantomInfo", "write_phantom", "MSD_TASKS"]
 
@@ -115,11 +116,9 @@ def write_phantom(name: str, out_dir, *, cases: int | None = None, seed: int = 0
     info = PHANTOMS[name]
     if cases is None:
         cases = info.default_cases
-    if isinstance(cases, bool) or not isinstance(cases, int) or not 1 <= cases <= MAX_CASES:
-        raise ParameterError(f"cases={cases!r}: expected an integer in 1..{MAX_CASES}")
+    check_int("cases", cases, 1, MAX_CASES)
     seed = check_seed(seed)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ParameterError(f"workers={workers!r}: expected an integer of at least 1")
+    check_int("workers", workers, 1)
     out_dir = Path(out_dir).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise ParameterError(f"{out_dir}: is a file; expected a folder to write the phantom into")
