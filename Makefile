@@ -33,8 +33,8 @@ TEST_WORKERS ?= 2
 test: venv  # everything, in TEST_WORKERS pytest-xdist workers (one file per worker at a time, each on its own cores)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-test-quick: venv  # the unit tests alone (no notebooks, SLURM, browser, DDP, GPU or slow tests)
-	$(PY) -m pytest -q -m "not system and not slow"
+test-quick: venv  # tests/unit alone, without its slow tests (no notebooks, SLURM, browser, DDP or GPU)
+	$(PY) -m pytest -q -m "not slow" tests/unit
 
 STUDY ?= studies/quick.yaml
 WORKERS ?= 2

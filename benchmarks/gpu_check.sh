@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU path of medssl in one go, sized for a short GPU slot (under 8 minutes on one GPU):
 #   1. environment   torch / CUDA / GPU / driver, and every Python package the steps need
-#   2. gpu tests     pytest -m gpu tests/test_gpu.py: bf16-mixed and 16-mixed fine-tuning and pretraining
+#   2. gpu tests     pytest -m gpu tests/system/test_gpu.py: bf16-mixed and 16-mixed fine-tuning and pretraining
 #                    steps with channels_last, a pretrain -> fine-tune chain writing predictions
 #   3. throughput    benchmarks/train_throughput.py on CUDA: BYOL and fine-tuning, ResNet-50 at 224 px,
 #                    bf16-mixed, channels_last, batch 64 (real pipeline vs in-memory tensors, and whatever
@@ -13,7 +13,7 @@
 #   benchmarks/gpu_check.sh [--out DIR] [--dry-run]
 #
 # --dry-run needs no GPU: the same three steps with the packages checked, the GPU tests only collected,
-# and the throughput benchmark run on CPU at toy size; tested on CPU by tests/test_gpu.py so that a GPU
+# and the throughput benchmark run on CPU at toy size; tested on CPU by tests/system/test_gpu.py so that a GPU
 # slot is never lost to a broken script. Each step has a time cap (90 + 240 + 180 s on a GPU), so a hang
 # costs at most 8.5 minutes. Exit status: 0 all steps passed, 1 a step failed (the JSON
 # says which), 2 bad option, 3 packages missing or no GPU (nothing else was run).
@@ -99,13 +99,13 @@ ENV_RC=$?
 # ---------------------------------------------------------------- 2. GPU tests, 3. throughput
 if (( ENV_RC == 0 )); then
     if (( DRY )); then
-        step "gpu tests" 240 "$PY" -m pytest -q -p no:cacheprovider --collect-only -m gpu "$ROOT/tests/test_gpu.py"
+        step "gpu tests" 240 "$PY" -m pytest -q -p no:cacheprovider --collect-only -m gpu "$ROOT/tests/system/test_gpu.py"
         step throughput 300 "$PY" "$ROOT/benchmarks/train_throughput.py" --device cpu --precision 32 \
             --encoder test_resnet --image-size 32 --batch-size 4 --steps 2 --warmup 1 \
             --spec "phantom:cardiac?cases=4" --out "$OUT/throughput.json"
     else
         step "gpu tests" 240 "$PY" -m pytest -q -p no:cacheprovider -m gpu -rA --durations=0 \
-            --junitxml="$OUT/gpu-tests.xml" "$ROOT/tests/test_gpu.py"
+            --junitxml="$OUT/gpu-tests.xml" "$ROOT/tests/system/test_gpu.py"
         step throughput 180 "$PY" "$ROOT/benchmarks/train_throughput.py" --device cuda --precision bf16-mixed \
             --channels-last --encoder resnet50 --image-size 224 --batch-size 64 --out "$OUT/throughput.json"
     fi

@@ -13,7 +13,7 @@ Measures:
              start included (target <= 60 s)
   browser    (``--browser``) the same notebook run from JupyterLab's Run menu in Debian's chromium,
              then single slice changes from the keyboard: seconds until the new image is decoded in
-             the page (tests/labdriver.py)
+             the page (tests/notebooks/labdriver.py)
 Every part works in temporary cache folders (the user's cache is never read or written). Numbers
 come from this run only; say whether the machine was otherwise idle when quoting them.
 """
@@ -102,7 +102,7 @@ def first_open(dataset: str, repeat: int) -> list[float]:
 
 
 def browser_redraws(dataset: str, n: int = 12) -> dict:
-    sys.path.insert(0, str(REPO / "tests"))
+    sys.path.insert(0, str(REPO / "tests" / "notebooks"))
     from labdriver import Lab, NotebookPage, VolumeBrowserView, find_chromium, launch_chromium, parameterised
     from playwright.sync_api import sync_playwright
 

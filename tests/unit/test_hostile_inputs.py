@@ -26,9 +26,9 @@ from medssl_utils import study as st
 from medssl_utils.errors import DataError, MedsslError, ParameterError
 from medssl_utils.models import build_unet, encoder_state, save_checkpoint
 from medssl_utils.training import loop
-from test_results import LINEAGES, finetune_result, params_for, step_history, volume_rows, write_run
+from run_kit import LINEAGES, finetune_result, params_for, step_history, volume_rows, write_run
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 SMALL = (16, 8, 8, 8, 8)
 
 
@@ -354,7 +354,7 @@ def test_merge_keys_still_work_and_may_be_overridden(tmp_path):
 
 
 def test_shipped_studies_pass_the_parameter_checks():
-    for path in sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.yaml")):
+    for path in sorted((Path(__file__).resolve().parents[2] / "studies").glob("*.yaml")):
         st.check_parameters(st.load_study(path))
 
 
@@ -496,8 +496,6 @@ def test_other_non_numbers_and_damaged_files_of_a_run_are_listed(tmp_path):
 
 def test_report_prints_every_problem_counted_and_exits_1(tmp_path, capsys, monkeypatch):
     """Issue 10: `medssl report` mentioned problems only inside report.html."""
-    from medssl_utils import report
-
     monkeypatch.setattr("medssl_utils.report.page.figure_png", lambda fig, **kw: b"\x89PNG stub")
     for seed in (0, 1):
         _good_run(tmp_path / "r", seed)
@@ -601,8 +599,6 @@ def test_a_medssl_checkpoint_of_another_encoder_is_one_line_through_file(tmp_pat
     (["data", "summary", "MISSING"], "missing: path does not exist"),
 ])
 def test_bad_flags_are_one_line(tmp_path, capsys, monkeypatch, argv, message):
-    from medssl_utils import report
-
     monkeypatch.setattr("medssl_utils.report.page.figure_png", lambda fig, **kw: b"\x89PNG stub")
     _good_run(tmp_path / "runs", 0)
     names = {"STUDY": make_study(tmp_path), "MISSING": tmp_path / "missing", "RUNS": tmp_path / "runs",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grimp
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cycles(imports: dict[str, set[str]]) -> list[list[str]]:

@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 
 from medssl_utils import claims, results  # noqa: E402
 from medssl_utils.models.checkpoints import describe_lineage  # noqa: E402
-from test_results import volume_rows  # noqa: E402
+from run_kit import volume_rows  # noqa: E402
 
 CARDIAC = "phantom:cardiac?cases=32"
 TASKS = ["phantom:abdomen-ct", "phantom:brain-mr", "phantom:prostate-mr"]

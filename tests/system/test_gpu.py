@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CUDA = torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not CUDA, reason="no CUDA GPU visible (benchmarks/gpu_check.sh runs these on a GPU)")
 DATA = "phantom:cardiac?cases=4"

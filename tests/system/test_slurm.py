@@ -23,14 +23,14 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-from test_study import STUDIES, in_process, log_lines, make_study, nbs, result  # noqa: F401 - nbs: a fixture
+from study_kit import STUDIES, in_process, log_lines, make_study, nbs, result  # noqa: F401 - nbs: a fixture
 
 from medssl_utils import study as st
 from medssl_utils.errors import MedsslError, ParameterError
 from medssl_utils.study import jobs, resources, runner, slurm
 from medssl_utils.study.records import Outcome
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 START = ROOT / "tests" / "slurm" / "start.sh"
 FT = {"dataset": "phantom:cardiac", "labelled_slices": [2], "seeds": [0], "strategies": {"r": "random"}}
 STAGE = {"method": "byol", "datasets": ["phantom:cardiac"]}

@@ -1,6 +1,6 @@
 """Teaching copies: student copies hold no solution code, instructor copies hold all of it.
 
-(The instructor copies are executed, solutions checked, in tests/test_notebooks.py.)
+(The instructor copies are executed, solutions checked, in tests/notebooks/test_notebooks.py.)
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from medssl_utils import teach
 from medssl_utils.cli import main
 from medssl_utils.errors import DataError
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
 @pytest.fixture(scope="module")

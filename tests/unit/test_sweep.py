@@ -22,7 +22,7 @@ from medssl_utils import selection
 from medssl_utils import study as st
 from medssl_utils.errors import ParameterError
 from medssl_utils.study import checks
-from test_study import in_process, log_lines, make_study, write_notebook
+from study_kit import in_process, log_lines, make_study, write_notebook
 
 SWEEP_BODY = """
 import json, os, pathlib

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from medssl_utils.training import loop
-from test_training import fin, interrupted, pre
+from training_kit import fin, interrupted, pre
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from medssl_utils.training.probe import ProbeData, dense_probe, prepare_probe_da
 TINY = dict(encoder="test_resnet", image_size=32, decoder_channels=(16, 8, 8, 8, 8), progress=False, device="cpu")
 DATA = "phantom:cardiac?cases=4"
 SMALL_BYOL = dict(hidden_dim=64, predictor_hidden_dim=64, projection_dim=16)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def pre(run_dir, **kw):

@@ -98,7 +98,7 @@ def test_hssl_real_study_compares_pools_that_differ_only_by_real_images():
 
     import medssl_utils.study as st
 
-    s = st.load_study(Path(__file__).resolve().parents[1] / "studies" / "hssl-real.yaml")
+    s = st.load_study(Path(__file__).resolve().parents[2] / "studies" / "hssl-real.yaml")
     stages = {r.name: r.params for r in s.runs if r.kind == "pretrain"}
     assert set(stages) == {"hssl-phantoms", "hssl-phantoms-real"}
     a, b = stages["hssl-phantoms"], stages["hssl-phantoms-real"]

@@ -1,6 +1,6 @@
 """Drive a real JupyterLab in a real browser: Debian's chromium through playwright.
 
-Used by ``tests/test_browser.py`` and ``benchmarks/notebook_latency.py --browser``. JupyterLab
+Used by ``tests/notebooks/test_browser.py`` and ``benchmarks/notebook_latency.py --browser``. JupyterLab
 listens on 127.0.0.1 with a random token; its configuration, settings, workspaces and runtime
 files live in a private folder, so nothing of the user's is read or written. The browser is the
 system's chromium (``$MEDSSL_CHROMIUM`` or ``chromium`` on PATH): playwright never downloads one.
@@ -24,7 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
 
 
