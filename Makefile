@@ -12,7 +12,7 @@ BOOTSTRAP_PY ?= python3
 DEPS_HASH := $(shell $(BOOTSTRAP_PY) -c "import hashlib;print(hashlib.sha256(open('pyproject.toml','rb').read()).hexdigest()[:12])")
 STAMP := $(VENV)/.medssl-deps-$(DEPS_HASH)
 
-.PHONY: venv test test-quick study benchmarks teaching clean-cache
+.PHONY: venv test test-quick lint study benchmarks teaching clean-cache
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(BOOTSTRAP_PY) -m venv $(VENV)
@@ -35,6 +35,10 @@ test: venv  # everything, in TEST_WORKERS pytest-xdist workers (one file per wor
 
 test-quick: venv  # tests/unit alone, without its slow tests (no notebooks, SLURM, browser, DDP or GPU)
 	$(PY) -m pytest -q -m "not slow" tests/unit
+
+lint: venv  # ruff (style, pyflakes) and import-linter (the layers); make test runs both too
+	$(VENV)/bin/ruff check medssl_utils tests benchmarks notebooks
+	cd . && PYTHONPATH=. $(VENV)/bin/lint-imports
 
 STUDY ?= studies/quick.yaml
 WORKERS ?= 2

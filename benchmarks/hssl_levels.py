@@ -168,7 +168,8 @@ def dense_probe(unet, args) -> float:
     val_rows = labelled_slices(cache.index, split, "val")
     fx, fy = features(np.sort(rng.choice(train_rows, min(64, len(train_rows)), replace=False)))
     keep = rng.choice(len(fy), min(len(fy), 60_000), replace=False)
-    clf = LogisticRegression(max_iter=1000, class_weight="balanced").fit((fx[keep] - fx.mean(0)) / (fx.std(0) + 1e-6), fy[keep])
+    scaled = (fx[keep] - fx.mean(0)) / (fx.std(0) + 1e-6)
+    clf = LogisticRegression(max_iter=1000, class_weight="balanced").fit(scaled, fy[keep])
     vx, vy = features(val_rows)
     pred = clf.predict((vx - fx.mean(0)) / (fx.std(0) + 1e-6))
     dices = []

@@ -96,7 +96,8 @@ def main(argv=None) -> int:
     print(f"{args.spec} slices at {args.image_size} px: mean {res['input']['slices_mean']:.3f}, std "
           f"{res['input']['slices_std']:.3f}; ImageNet-normalised photographs: mean {res['input']['photos_mean']:.3f}, "
           f"std {res['input']['photos_std']:.3f}")
-    print(f"stem output std: slices {res['stem_output_std']['slices']:.3f}, photos {res['stem_output_std']['photos']:.3f}")
+    stem = res["stem_output_std"]
+    print(f"stem output std: slices {stem['slices']:.3f}, photos {stem['photos']:.3f}")
     print(f"U-Net output change when slices are mapped to the photographs' scale (x -> {a:.3f} x + {b:.3f}):")
     for mode, v in res["relative_output_change"].items():
         print(f"  {mode:36s} {v:.4f}")

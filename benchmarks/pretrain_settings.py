@@ -63,7 +63,8 @@ def main(argv=None) -> int:
         rows = list(pool.map(_run, jobs))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "pretrain_settings.json").write_text(json.dumps(rows, indent=1))
-    print(f"{'setting':24s} {'steps':>5s} {'probe 0':>8s} {'probe end':>10s} {'shift':>7s} {'loss':>7s} {'train s':>8s}")
+    print(f"{'setting':24s} {'steps':>5s} {'probe 0':>8s} {'probe end':>10s} {'shift':>7s} {'loss':>7s} "
+          f"{'train s':>8s}")
     for r in rows:
         print(f"{r['setting']:24s} {r['steps']:5d} {r['probe_start']:8.3f} {r['probe_end']:10.3f} "
               f"{r['encoder_shift']:7.3f} {r['final_loss']:7.3f} {r['train_s']:8.1f}")

@@ -193,7 +193,8 @@ def claim_a2(analysis, ft: pd.DataFrame) -> dict:
             families.append((HIERARCHICAL.index(role) if role in HIERARCHICAL else len(HIERARCHICAL), family, role,
                              early))
     if not families:
-        return _not_run("A2", "the ablation has no checkpoint of at most 5 epochs with a final-epoch strategy beside it")
+        return _not_run("A2", "the ablation has no checkpoint of at most 5 epochs with a final-epoch strategy "
+                              "beside it")
     _, family, role, early = sorted(families, key=lambda f: (f[0], f[1]))[0]
     epochs = float(early["pretrain_epochs"].max())
     arm = early[early["pretrain_epochs"] == epochs]["strategy"].iloc[0]
@@ -242,7 +243,8 @@ def _per_seed_exponents(rows: pd.DataFrame) -> list[float]:
     out = []
     for _, seed_rows in rows[rows["labelled_slices"].notna()].groupby(["dataset", "seed"]):
         if seed_rows["labelled_slices"].nunique() >= 3:
-            fit = fit_power_law(seed_rows["labelled_slices"].to_numpy(float), 1 - seed_rows["test_mean_dice"].to_numpy())
+            fit = fit_power_law(seed_rows["labelled_slices"].to_numpy(float),
+                                1 - seed_rows["test_mean_dice"].to_numpy())
             if np.isfinite(fit["b"]):
                 out.append(float(fit["b"]))
     return out
@@ -327,7 +329,8 @@ def effects_table(analysis) -> pd.DataFrame:
     if len(out):
         order = {b: i for i, b in enumerate(analysis.errors.sort_values("labelled_slices")["budget"].unique())} \
             if len(analysis.errors) else {}
-        out = out.sort_values(["dataset", "budget", "strategy"], key=lambda s: s.map(order) if s.name == "budget" else s)
+        out = out.sort_values(["dataset", "budget", "strategy"],
+                              key=lambda s: s.map(order) if s.name == "budget" else s)
     return out.reset_index(drop=True)
 
 

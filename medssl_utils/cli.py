@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "2D medical image segmentation")
     p.add_argument("--version", action="version", version=f"medssl {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    data = sub.add_parser("data", help="inspect datasets, write phantoms").add_subparsers(dest="data_cmd", required=True)
+    data = sub.add_parser("data", help="inspect datasets, write phantoms").add_subparsers(dest="data_cmd",
+                                                                                          required=True)
 
     s = data.add_parser("summary", help="detect a dataset's layout and check every volume")
     s.add_argument("path", help="dataset folder (ACDC, MSD task folder, images/ + labels/ folder, or DICOM files)")

@@ -12,7 +12,8 @@ The declaration
 
 Each notebook's parameters cell lists exactly these names, with the config class's defaults value
 for value (one set of defaults; :data:`NOTEBOOK_DEFAULTS` names the exceptions and why;
-``tests/unit/test_hostile_inputs.py`` fails when they disagree), and its validation cell is ``params.check_notebook(NAME, globals())``, so a
+``tests/unit/test_hostile_inputs.py`` fails when they disagree), and its validation cell is
+``params.check_notebook(NAME, globals())``, so a
 value from the cell, from ``papermill -p`` or from a study file goes through the same checks.
 The study runner applies the same declaration to a study file before any run starts
 (:func:`medssl_utils.study.checks.check_parameters`): an unknown name (with close matches) or a

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from medssl_utils.data.nifti import write_nifti
+from study_kit import nbs  # noqa: F401 - the stand-in notebooks fixture, for every test folder
 
 #: Folders of system tests: ``notebooks/`` (whole notebooks under papermill, chromium driving JupyterLab)
 #: and ``system/`` (a real SLURM, several processes, a GPU, training protocols). Their tests are marked

@@ -170,7 +170,8 @@ def _slice_rows(vol: Volume, n_z: int, start: int) -> list[dict]:
     side, px, py = square_geometry(x, y)
     base = {
         "volume_id": vol.volume_id, "case_id": vol.case_id, "subset": vol.meta.get("subset", ""),
-        "phase": vol.meta.get("phase") or "", "frame": vol.meta.get("frame") if vol.meta.get("frame") is not None else -1,
+        "phase": vol.meta.get("phase") or "",
+        "frame": vol.meta.get("frame") if vol.meta.get("frame") is not None else -1,
         "group": vol.meta.get("group") or "", "has_label": vol.has_label, "n_z": n_z,
         "spacing_x": vol.spacing[0], "spacing_y": vol.spacing[1], "spacing_z": vol.spacing[2],
         "orig_x": x, "orig_y": y, "pad_x": px, "pad_y": py,

@@ -120,7 +120,8 @@ def format_summary(s: dict) -> str:
         lines.append("  spacing (mm)      " + " × ".join(f"{lo:g}–{hi:g}" for lo, hi in s["spacing_mm"]))
         lines.append("  shape (voxels)    " + " × ".join(f"{lo}–{hi}" for lo, hi in s["shape_range"]))
     if s["format"] == "dicom":
-        lines.append(f"  series            {s['series']} ({', '.join(f'{k}: {v}' for k, v in s['modalities'].items())})")
+        modalities = ", ".join(f"{k}: {v}" for k, v in s["modalities"].items())
+        lines.append(f"  series            {s['series']} ({modalities})")
         lines += [f"    {v['id']:24s} {v['modality']:3s} {'×'.join(map(str, v['shape'])):>14s}  "
                   f"{' × '.join(f'{x:g}' for x in v['spacing_mm'])} mm ({v['spacing_source']})  {v['description']}"
                   for v in s["volumes"]]

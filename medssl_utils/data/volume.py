@@ -142,8 +142,8 @@ class VolumeSet:
 
     def __repr__(self) -> str:
         n_lab = sum(v.has_label for v in self.volumes)
-        labels = self.labels if len(self.labels) <= 8 else \
-            "{" + ", ".join(f"{k}: {v!r}" for k, v in list(self.labels.items())[:4]) + f", … ({len(self.labels)} classes)}}"
+        first = ", ".join(f"{k}: {v!r}" for k, v in list(self.labels.items())[:4])
+        labels = self.labels if len(self.labels) <= 8 else "{" + first + f", … ({len(self.labels)} classes)}}"
         return (f"VolumeSet({self.spec!r}, format={self.format}, cases={len(self.case_ids)}, "
                 f"volumes={len(self.volumes)} ({n_lab} labelled), labels={labels})")
 

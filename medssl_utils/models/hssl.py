@@ -215,7 +215,8 @@ class HSSL(SSLMethod, nn.Module):
         self.dense_head = (SimCLRProjectionHead(self.decoder_dim, dense_hidden_dim, dense_dim)
                            if self.weights["dense"] > 0 else None)
         self.contrastive = NTXentLoss(temperature=self.temperature, gather_distributed=bool(gather_distributed))
-        self.dense_contrastive = NTXentLoss(temperature=check_number("dense_temperature", dense_temperature, 0, low_open=True),
+        dense_t = check_number("dense_temperature", dense_temperature, 0, low_open=True)
+        self.dense_contrastive = NTXentLoss(temperature=dense_t,
                                             gather_distributed=False)
 
     def _heads(self, level: str, dims: dict[str, int], make) -> nn.ModuleDict | None:

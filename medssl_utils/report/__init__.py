@@ -14,7 +14,8 @@ was computed on and how many seeds stand behind each point; points are means ove
 
 :func:`write_report` writes ``figures/*.png``, ``tables/*.csv`` and ``report.html`` (figures
 embedded, so the one file can be mailed), each file atomically (temp file + rename);
-``report.html`` is written last. :func:`~medssl_utils.report.cli.run_cli` is ``medssl report DIR`` (parsed in :mod:`medssl_utils.cli`).
+``report.html`` is written last. :func:`~medssl_utils.report.cli.run_cli` is ``medssl report DIR``
+(parsed in :mod:`medssl_utils.cli`).
 
 Typical notebook use::
 

@@ -443,7 +443,8 @@ def fig_pretraining_length(probe_curve: pd.DataFrame, finetune_curve: pd.DataFra
         axes[1].set_title(f"fine-tuned · {seeds_label(finetune_curve['n'])} seeds per point", fontsize=8)
         axes[1].legend(fontsize=7, frameon=False)
     axes[0].legend(fontsize=7, frameon=False)
-    _title(fig, "Pretraining length: what the checkpoints of one pretraining run hold, and what fine-tuning makes of it",
+    _title(fig, "Pretraining length: what the checkpoints of one pretraining run hold, "
+                "and what fine-tuning makes of it",
            "Step 0 is the stage's start (random init or ImageNet: the fine-tuned point is that arm's runs); "
            "mean over seeds with a Student's t 95 % interval.")
     return fig

@@ -143,7 +143,8 @@ def effects_display(effects: pd.DataFrame) -> pd.DataFrame:
         "dataset": effects["dataset"], "budget": effects["budget"], "strategy": effects["strategy"],
         "role": effects["role"],
         "Dice points vs random [95% CI]": [f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]" if np.isfinite(lo) else f"{d:+.1f}"
-                                           for d, lo, hi in zip(effects["diff"], effects["ci_low"], effects["ci_high"])],
+                                           for d, lo, hi in zip(effects["diff"], effects["ci_low"],
+                                                                effects["ci_high"])],
         "seeds": effects["n_pairs"], "": effects["verdict"]})
 
 

@@ -195,8 +195,8 @@ from medssl_utils.study.resources import RESOURCE_KEYS
 from medssl_utils.study.slurm import SlurmExecutor
 from medssl_utils.study.spec import Run, Study, execution_order, load_study
 
-__all__ = ["RESOURCE_KEYS", "STATES", "CellSelection", "Executor", "LocalExecutor", "NotebookEngine", "Outcome", "PapermillEngine",
-           "EXECUTORS", "Run", "SlurmExecutor", "executor_class", "Study", "StudySummary", "add_cli", "blocked_runs",
-           "cell_selections", "check_parameters", "execute_run", "select_cell",
+__all__ = ["RESOURCE_KEYS", "STATES", "CellSelection", "Executor", "LocalExecutor", "NotebookEngine", "Outcome",
+           "PapermillEngine", "EXECUTORS", "Run", "SlurmExecutor", "executor_class", "Study", "StudySummary",
+           "add_cli", "blocked_runs", "cell_selections", "check_parameters", "execute_run", "select_cell",
            "execution_order", "format_plan", "format_status", "format_summary", "load_study", "make_executor",
            "preflight_problems", "read_state", "run_study", "skip_run", "study_status", "timm_weights_available"]

@@ -46,7 +46,8 @@ from medssl_utils.rundir import now, write_json
 from medssl_utils.study.executor import Executor
 from medssl_utils.study.local import PapermillEngine, execute_run
 from medssl_utils.study.records import Outcome, first_line, read_state, write_result
-from medssl_utils.study.jobs import ACTIVE, INTENT_FILE, _sacct_elapsed, _squeue_active, _state_word, _write_job, read_job
+from medssl_utils.study.jobs import (ACTIVE, INTENT_FILE, _sacct_elapsed, _squeue_active, _state_word, _write_job,
+                                    read_job)
 from medssl_utils.study.resources import RESOURCE_KEYS, check_resources, merge_resources
 from medssl_utils.study.spec import Run, Study
 
@@ -158,8 +159,8 @@ def run_job(study: Study, run: Run, force: bool) -> Outcome | None:
         return execute_run(study, run, force=force, execute=executor)
     out = run.run_dir / f"rank{rank}"
     out.mkdir(parents=True, exist_ok=True)
-    executor(study.notebooks[run.kind], out / "notebook.ipynb", {**run.params, **({"overwrite": True} if force else {})},
-             run.run_dir)
+    params = {**run.params, **({"overwrite": True} if force else {})}
+    executor(study.notebooks[run.kind], out / "notebook.ipynb", params, run.run_dir)
     return None
 
 
@@ -381,7 +382,8 @@ class SlurmExecutor(Executor):
         if isinstance(returned, Outcome):
             outcome = dataclasses.replace(returned, run=run, job=job.job_id)
             if outcome.outcome == "failed":
-                outcome = dataclasses.replace(outcome, error=f"{_explain(outcome.error, self.params[run.id])} [{where}]")
+                why = _explain(outcome.error, self.params[run.id])
+                outcome = dataclasses.replace(outcome, error=f"{why} [{where}]")
                 write_result(run, {"status": "failed", "error": outcome.error})
         else:
             seconds = _sacct_elapsed(job.job_id)

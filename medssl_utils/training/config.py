@@ -70,7 +70,8 @@ class _Common:
         check_encoder_name(self.encoder)
         check_int("image_size", self.image_size, 32, 2048)
         if self.image_size % 32:
-            raise ParameterError(f"image_size={self.image_size}: expected a multiple of 32 (the U-Net halves it 5 times)")
+            raise ParameterError(f"image_size={self.image_size}: expected a multiple of 32 "
+                                 "(the U-Net halves it 5 times)")
         check_int("batch_size", self.batch_size, 2, 65536)
         check_int("seed", self.seed, 0)
         check_int("split_seed", self.split_seed, 0)
@@ -82,7 +83,8 @@ class _Common:
         check_choice("split", self.split, SPLITS)
         check_choice("progress", self.progress, (True, False, "auto"))
         if self.lr is not None:
-            check_number("lr", self.lr, 0, None, low_open=True, what="a positive finite number or None (method default)")
+            check_number("lr", self.lr, 0, None, low_open=True,
+                         what="a positive finite number or None (method default)")
         if self.grad_clip is not None:  # fine-tuning: None is the recipe's
             check_number("grad_clip", self.grad_clip, 0, None, what="a finite number >= 0 (0 disables clipping)")
         self.decoder_channels = check_decoder_channels(self.decoder_channels)
@@ -149,7 +151,8 @@ class PretrainConfig(_Common):
             check_number("weight_decay", self.weight_decay, 0)
         if self.warmup_epochs is not None:
             check_number("warmup_epochs", self.warmup_epochs, 0, self.epochs,
-                         what=f"None (1 epoch, at most 10 % of the run) or a number of epochs in 0..epochs ({self.epochs})")
+                         what="None (1 epoch, at most 10 % of the run) or a number of epochs in "
+                              f"0..epochs ({self.epochs})")
         self.method_options = check_keywords("method_options", self.method_options, method_class(self.method),
                                              what=f"{self.method}'s constructor")
         base = {**ssl_preset(self.augment_preset, self.image_size), **method_class(self.method).augment}
@@ -240,4 +243,5 @@ class FinetuneConfig(_Common):
                 "warmup_start_lr": r["warmup_start_lr"],
                 "grad_clip": float(self.grad_clip if self.grad_clip is not None else r["grad_clip"]),
                 "loss": self.loss if self.loss is not None else r["loss"],
-                "encoder_lr_scale": float(self.encoder_lr_scale), "freeze_encoder_steps": int(self.freeze_encoder_steps)}
+                "encoder_lr_scale": float(self.encoder_lr_scale),
+                "freeze_encoder_steps": int(self.freeze_encoder_steps)}

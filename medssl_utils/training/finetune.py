@@ -231,10 +231,12 @@ def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
                 el = time.perf_counter() - tick
                 train_time += el
                 row = {"step": done, "epoch": done * global_batch / len(ds),
-                       "time_s": round(time.perf_counter() - t0, 3), "loss": loop.mean_over_ranks(fabric, run_loss / run_n),
+                       "time_s": round(time.perf_counter() - t0, 3),
+                       "loss": loop.mean_over_ranks(fabric, run_loss / run_n),
                        "lr": optimizer.param_groups[0]["lr"], "images_per_s": images / el if el > 0 else None}
                 if done % cfg.eval_every == 0 or done == cfg.max_steps:
-                    row.update({k: v for k, v in validate(done).items() if k.startswith("val_") or k == "encoder_shift"})
+                    row.update({k: v for k, v in validate(done).items()
+                                if k.startswith("val_") or k == "encoder_shift"})
                     bar.set_postfix_str(f"loss {row['loss']:.3f} val Dice {row['val_dice']:.3f}")
                     if fabric.is_global_zero:
                         loop.save_state(last, done, loop.unwrap(model), optimizer,

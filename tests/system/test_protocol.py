@@ -5,7 +5,6 @@ BatchNorm statistics and chance levels, augmentation presets, HSSL's decoder and
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np

@@ -23,7 +23,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-from study_kit import STUDIES, in_process, log_lines, make_study, nbs, result  # noqa: F401 - nbs: a fixture
+from study_kit import STUDIES, in_process, log_lines, make_study, result
 
 from medssl_utils import study as st
 from medssl_utils.errors import MedsslError, ParameterError

@@ -1,6 +1,7 @@
 """The package's shape: no import cycles among its modules, and the layers of pyproject.toml's
 import-linter contract (command line > study runner > analysis and teaching > training > models and
-data > base) kept. Both count imports inside functions too."""
+data > base) kept. Both count imports inside functions too. And ruff's checks pass (``make lint`` runs
+the same two tools)."""
 
 from __future__ import annotations
 
@@ -65,3 +66,11 @@ def test_the_layers_contract_is_kept():
     r = subprocess.run([str(exe)], cwd=ROOT, capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0 and "1 kept, 0 broken" in r.stdout, r.stdout[-3000:]
+
+
+def test_ruff_finds_nothing():
+    """Style and the errors pyflakes finds (pyproject.toml [tool.ruff]): the package, tests, benchmarks, notebooks."""
+    exe = Path(sys.executable).with_name("ruff")
+    r = subprocess.run([str(exe), "check", "--no-cache", "medssl_utils", "tests", "benchmarks", "notebooks"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-1000:]

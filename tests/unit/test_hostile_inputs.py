@@ -23,7 +23,7 @@ import torch
 
 from medssl_utils import cli, params, results, training, validate
 from medssl_utils import study as st
-from medssl_utils.errors import DataError, MedsslError, ParameterError
+from medssl_utils.errors import DataError, ParameterError
 from medssl_utils.models import build_unet, encoder_state, save_checkpoint
 from medssl_utils.training import loop
 from run_kit import LINEAGES, finetune_result, params_for, step_history, volume_rows, write_run
@@ -541,7 +541,7 @@ def test_a_folder_as_weights_file_is_refused_when_the_run_is_made(tmp_path):
     text = STUDY.format(stage="", params="", strategy="").replace("    random: random\n",
                                                                   f"    random: file:{tmp_path / 'weights'}\n")
     _, plan = dry_run(make_study(tmp_path, text=text))
-    assert f"is a folder, not a weights file (give the file in it" in plan
+    assert "is a folder, not a weights file (give the file in it" in plan
 
 
 @pytest.mark.parametrize("content, message", [

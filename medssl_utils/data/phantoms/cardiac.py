@@ -246,8 +246,10 @@ def body_coords(case: CardiacCase) -> tuple[np.ndarray, np.ndarray]:
     nx, ny = case.matrix
     sx, sy, _ = case.spacing
     c, s = math.cos(case.angle), math.sin(case.angle)
-    px = (np.arange(nx, dtype=np.float32) * sx)[None, :, None] - (case.body_centre[0] + case.slice_jitter[:, 0])[:, None, None]
-    py = (np.arange(ny, dtype=np.float32) * sy)[None, None, :] - (case.body_centre[1] + case.slice_jitter[:, 1])[:, None, None]
+    cx = (case.body_centre[0] + case.slice_jitter[:, 0])[:, None, None]
+    cy = (case.body_centre[1] + case.slice_jitter[:, 1])[:, None, None]
+    px = (np.arange(nx, dtype=np.float32) * sx)[None, :, None] - cx
+    py = (np.arange(ny, dtype=np.float32) * sy)[None, None, :] - cy
     X = (c * px + s * py).astype(np.float32)
     Y = (-s * px + c * py).astype(np.float32)
     return X, Y
@@ -318,7 +320,8 @@ def background(case: CardiacCase, X: np.ndarray, Y: np.ndarray, rng: np.random.G
     R = case.lv["r0"] + case.lv["wall"]
     ax, ay = math.cos(case.rv["alpha"]), math.sin(case.rv["alpha"])
     mx, my = 0.35 * case.rv["w"] * ax, 0.35 * case.rv["w"] * ay
-    _blend(img, t["mediastinum"], soft_inside(ellipse_sdf(X - mx, Y - my, R + case.rv["w"] + r(6, 14), R + r(8, 16)), px))
+    _blend(img, t["mediastinum"],
+           soft_inside(ellipse_sdf(X - mx, Y - my, R + case.rv["w"] + r(6, 14), R + r(8, 16)), px))
     # pericardial fat pads hugging the epicardium (bright like blood: a confounder)
     for _ in range(int(rng.integers(3, 7))):
         ang = r(-math.pi, math.pi)

@@ -97,7 +97,8 @@ def make_case(rng: np.random.Generator):
     # venous plexus: bright spots hugging the gland anterolaterally
     for _ in range(int(rng.integers(4, 9))):
         ang = u(-math.pi * 0.95, -math.pi * 0.05)
-        w, c = ell(((a_p + 2) * math.cos(ang), (b_p + 2) * math.sin(ang), u(-c_p, c_p)), (u(1.5, 3), u(1.5, 3), u(4, 8)))
+        w, c = ell(((a_p + 2) * math.cos(ang), (b_p + 2) * math.sin(ang), u(-c_p, c_p)),
+                   (u(1.5, 3), u(1.5, 3), u(4, 8)))
         paint(w, c, u(0.85, 1.0), u(1800, 2300))
 
     # the gland: capsule, PZ, TZ (with stroma, nodules, urethra), optional PZ lesion
@@ -117,7 +118,8 @@ def make_case(rng: np.random.Generator):
     paint(gw, stroma, u(0.15, 0.25), u(900, 1100))
     for _ in range(int(rng.integers(2, 7))):  # hyperplastic nodules inside the TZ
         r = u(2, 6) * tzf
-        nc = (tz_c[0] + u(-0.5, 0.5) * a_p * tzf, tz_c[1] + u(-0.4, 0.4) * b_p * tzf, tz_c[2] + u(-0.5, 0.5) * c_p * tzf)
+        nc = (tz_c[0] + u(-0.5, 0.5) * a_p * tzf, tz_c[1] + u(-0.4, 0.4) * b_p * tzf,
+              tz_c[2] + u(-0.5, 0.5) * c_p * tzf)
         w, c = ell(nc, (r, r, r * 1.3))
         if w is not None:
             paint(w, c * (t2.label[w] == 2), u(0.25, 0.6), u(1000, 1500))

@@ -539,13 +539,15 @@ class _Labels:
                     raise DataError(f"{p}: SegmentationType {ds.SegmentationType}; medssl reads BINARY segmentations")
                 ref = _seq_item(ds, "ReferencedSeriesSequence")
                 if ref is None or not _get(ref, "SeriesInstanceUID"):
-                    raise DataError(f"{p}: DICOM-SEG without ReferencedSeriesSequence; cannot tell which series it labels")
+                    raise DataError(f"{p}: DICOM-SEG without ReferencedSeriesSequence; "
+                                    "cannot tell which series it labels")
                 uid = str(ref.SeriesInstanceUID)
                 if uid in self.seg:
                     raise DataError(f"{p}: labels series {uid}, which {self.seg[uid].name} labels too")
                 self.seg[uid] = p
                 for item in ds.get("SegmentSequence") or []:
-                    number, name = int(item.SegmentNumber), str(_get(item, "SegmentLabel", f"segment {item.SegmentNumber}"))
+                    number = int(item.SegmentNumber)
+                    name = str(_get(item, "SegmentLabel", f"segment {item.SegmentNumber}"))
                     if self.names.get(number, name) != name:
                         raise DataError(f"{p}: segment {number} is {name!r} here but {self.names[number]!r} in "
                                         "another label file; the class numbering must agree")
@@ -621,7 +623,8 @@ def _seg_label(path: Path, slices: list[Slice], names: dict[int, str]) -> np.nda
         raise DataError(f"{path}: segmentation frames are {frames.shape[1]}×{frames.shape[2]}; the series' images "
                         f"are {rows}×{cols}")
     by_sop = {s.sop_uid + (f"#{s.frame}" if s.frame is not None else ""): k for k, s in enumerate(slices)}
-    normal = np.cross(slices[0].orientation[:3], slices[0].orientation[3:]) if slices[0].orientation is not None else None
+    first = slices[0].orientation
+    normal = np.cross(first[:3], first[3:]) if first is not None else None
     depth = [float(np.dot(s.position, normal)) for s in slices] if normal is not None else None
     shared = _seq_item(ds, "SharedFunctionalGroupsSequence")
     out = np.zeros((cols, rows, len(slices)), dtype=np.uint8)
@@ -641,7 +644,8 @@ def _seg_label(path: Path, slices: list[Slice], names: dict[int, str]) -> np.nda
         if k is None:
             pos = _frame_value(fg, shared, "PlanePositionSequence", "ImagePositionPatient")
             if pos is not None and depth is not None:
-                dist = np.abs(np.array(depth) - float(np.dot(_float_list(pos, 3, "ImagePositionPatient", path), normal)))
+                at = float(np.dot(_float_list(pos, 3, "ImagePositionPatient", path), normal))
+                dist = np.abs(np.array(depth) - at)
                 dz = float(np.median(np.abs(np.diff(depth)))) if len(depth) > 1 else 1.0
                 k = int(np.argmin(dist)) if dist.min() < 0.05 * dz else None
         if k is None:

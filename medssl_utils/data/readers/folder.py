@@ -57,7 +57,8 @@ def _read(target: str, opts: dict, spec: str) -> VolumeSet:
 
 READER = Reader(
     kind="folder", target="path", read=_read, example="/data/mine",
-    detect=lambda root: (Path(root) / "images").is_dir() and any(is_nifti(p) for p in (Path(root) / "images").iterdir()),
+    detect=lambda root: (Path(root) / "images").is_dir()
+    and any(is_nifti(p) for p in (Path(root) / "images").iterdir()),
     doc="images/*.nii[.gz] with optional labels/ of the same file names",
     layout="folder (images/ and labels/ with matching .nii.gz names)",
     options=(Option("modality", "str", default="MR", choices=("MR", "CT"),
