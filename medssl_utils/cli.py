@@ -12,11 +12,14 @@ import sys
 import time
 from pathlib import Path
 
-from medssl_utils.errors import MedsslError
+from medssl_utils import __version__
+from medssl_utils.errors import MedsslError, ParameterError
+from medssl_utils.study import add_cli as add_study_cli
+from medssl_utils.teach import add_cli as add_teach_cli
 
 
 def _cmd_data_summary(args) -> int:
-    from medssl_utils.data.summary import format_summary, summarize
+    from medssl_utils.data.summary import format_summary, summarize  # the data layer (torch): this command only
 
     s = summarize(Path(args.path), decode=not args.headers_only, progress=not args.json and sys.stderr.isatty())
     print(json.dumps(s, indent=2) if args.json else format_summary(s))
@@ -24,9 +27,8 @@ def _cmd_data_summary(args) -> int:
 
 
 def _cmd_data_phantoms(args) -> int:
-    from medssl_utils.data.phantoms import PHANTOMS, write_phantom
+    from medssl_utils.data.phantoms import PHANTOMS, write_phantom  # the data layer (torch): this command only
 
-    from medssl_utils.errors import ParameterError
 
     names = args.only or sorted(PHANTOMS)
     unknown = [n for n in names if n not in PHANTOMS]
@@ -44,8 +46,6 @@ def _cmd_data_phantoms(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from medssl_utils import __version__
-
     p = argparse.ArgumentParser(prog="medssl", description="medssl: self-supervised pretraining study for "
                                                            "2D medical image segmentation")
     p.add_argument("--version", action="version", version=f"medssl {__version__}")
@@ -66,8 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--seed", type=int, default=0)
     ph.set_defaults(func=_cmd_data_phantoms)
 
-    from medssl_utils.study import add_cli as add_study_cli
-
     add_study_cli(sub)
     rp = sub.add_parser("report", help="gather run directories and write figures, CSV tables and report.html",
                         description="Exit status: 0 the report is written and every run could be read; 1 the "
@@ -81,8 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="strategy the speed-ups are relative to (default: supervised ImageNet, else random init)")
     rp.add_argument("--out", default=None, help="output folder (default: DIR/report)")
     rp.set_defaults(func=_cmd_report)
-    from medssl_utils.teach import add_cli as add_teach_cli
-
     add_teach_cli(sub)
     return p
 

@@ -56,7 +56,7 @@ def _results_dirs(value) -> list:
 
 def _specs():
     """:mod:`medssl_utils.data.specs`, imported on use: it loads every reader (and numpy, scipy)."""
-    from medssl_utils.data import specs
+    from medssl_utils.data import specs  # every reader, numpy, scipy, torch: not for the light commands
 
     return specs
 
@@ -104,7 +104,7 @@ def config_class(notebook: str | os.PathLike) -> type | None:
     name = CONFIG_NOTEBOOKS.get(notebook_name(notebook))
     if name is None:
         return None
-    from medssl_utils.training import config
+    from medssl_utils.training import config  # torch: not for the light commands
 
     return getattr(config, name)
 

@@ -239,7 +239,7 @@ def domain_tiles(volume_sets, image_size: int, *, per_domain: int = 2, seed: int
     Only the volume shown is decoded, and in memory: no slice cache is built, so a gallery of
     large datasets opens in seconds. A labelled volume is chosen when the dataset has one.
     """
-    from medssl_utils.data import Preprocessing, normalise_volume
+    from medssl_utils.data import Preprocessing, normalise_volume  # the data layer (torch): only to draw a volume
     from medssl_utils.data.slicing import resize_volume
 
     rng = np.random.default_rng(seed)

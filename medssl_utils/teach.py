@@ -219,7 +219,7 @@ def byol_outputs(view1, view2, *, encoder: str = "resnet18", seed: int = 0) -> d
     """
     import torch
 
-    from medssl_utils.models import build_unet
+    from medssl_utils.models import build_unet  # timm, lightly: only for the exercise's self-check
     from medssl_utils.models.byol import BYOL
 
     torch.manual_seed(seed)

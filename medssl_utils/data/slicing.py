@@ -40,6 +40,7 @@ from medssl_utils.cache import cache_root
 from medssl_utils.data.volume import Volume, VolumeSet
 from medssl_utils.errors import DataError, ParameterError
 from medssl_utils.fileio import atomic_folder
+from medssl_utils.progress import progress as progress_bar
 
 CACHE_FORMAT = 1
 
@@ -210,8 +211,6 @@ def _build(vs: VolumeSet, prep: Preprocessing, final: Path, progress: bool) -> P
         labels = np.lib.format.open_memmap(tmp / "labels.npy", mode="w+", dtype=np.uint8, shape=(n, s, s))
         rows: list[dict] = []
         start = 0
-        from medssl_utils.progress import progress as progress_bar
-
         bar = progress_bar(len(vs.volumes), f"slicing {vs.spec}", progress)  # no widget: keeps the kernel "busy"
         for vol, n_z in zip(vs.volumes, counts):
             where = vol.sources[0] if vol.sources else vol.volume_id

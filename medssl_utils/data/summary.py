@@ -17,16 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
+from medssl_utils.data.readers import detect_format
+from medssl_utils.data.specs import DatasetSpec, load_dataset
 from medssl_utils.errors import MedsslError
+from medssl_utils.progress import progress as progress_bar
 
 
 def summarize(path: Path, *, decode: bool = True, progress: bool = False) -> dict:
     """Summary dict with keys: format, path, cases, labelled_volumes, unlabelled_frames,
     label_values, label_map, spacing_mm ([min, max] per axis), shape_range, slices_labelled,
     phases, groups, subsets, problems."""
-    from medssl_utils.data.readers import detect_format
-    from medssl_utils.data.specs import DatasetSpec, load_dataset
-
     path = Path(path).expanduser()
     fmt = detect_format(path)
     problems: list[str] = []
@@ -39,8 +39,6 @@ def summarize(path: Path, *, decode: bool = True, progress: bool = False) -> dic
         vs = load_dataset(DatasetSpec(fmt, str(path)))
     label_values: set[int] = set()
     slices_labelled = 0
-    from medssl_utils.progress import progress as progress_bar
-
     vols = vs.volumes
     bar = progress_bar(len(vols), "checking volumes", progress)
     for vol in vols:

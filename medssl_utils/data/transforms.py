@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, fields
 import torch
 import torch.nn.functional as F
 
-from medssl_utils.errors import ParameterError
+from medssl_utils.errors import close_matches, ParameterError
 from medssl_utils.validate import check_keywords
 
 __all__ = ["SSL_PRESETS", "SSLAugment", "SegAugment", "check_augment", "ssl_preset"]
@@ -448,8 +448,6 @@ def ssl_preset(name: str, image_size: int) -> dict:
     (0.1, 2.0) at 224-256 px crops becomes (0.025, 0.5) at 64 px).
     """
     if name not in SSL_PRESETS:
-        from medssl_utils.errors import close_matches
-
         close = close_matches(str(name), SSL_PRESETS)
         raise ParameterError(f"augment_preset={name!r}: expected one of {list(SSL_PRESETS)}"
                              + (f"; did you mean {close[0]}?" if close else ""))

@@ -53,6 +53,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from medssl_utils import __version__
 from medssl_utils.errors import DataError, ParameterError
 from medssl_utils.validate import check_int
 from medssl_utils.fileio import atomic_file
@@ -266,7 +267,6 @@ def save_checkpoint(path: str | os.PathLike, *, encoder_state: Mapping[str, torc
 
 
 def _version() -> str:
-    from medssl_utils import __version__
     return __version__
 
 

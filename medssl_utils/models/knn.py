@@ -37,6 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from medssl_utils.errors import ParameterError
+from medssl_utils.models.batchnorm import recomputed_bn
 from medssl_utils.validate import check_int, check_number
 
 __all__ = ["LABELS", "chance_levels", "dataset_labels", "embed_dataset", "knn_accuracy", "knn_evaluate",
@@ -208,8 +209,6 @@ def knn_evaluate(model: nn.Module, bank: Dataset, query: Dataset, by: str = "pos
     ``model.embed`` (so a method that transforms its input, as HSSL's standardisation does, is
     recalibrated on what its encoder sees) and restored afterwards.
     """
-    from medssl_utils.models.batchnorm import recomputed_bn
-
     if by not in LABELS:
         raise ParameterError(f"by={by!r} is not allowed; expected one of {list(LABELS)}")
     encoder = getattr(model, "encoder", model)

@@ -8,6 +8,7 @@ import logging
 import torch
 
 from medssl_utils.errors import DataError
+from medssl_utils.models.pretrained import packaged_state, resolve_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,6 @@ def timm_pretrained_state(name: str) -> tuple[dict[str, torch.Tensor], str, str]
     import timm
     from timm.models import get_pretrained_cfg, split_model_name_tag
 
-    from medssl_utils.models.pretrained import packaged_state, resolve_pretrained
 
     found = resolve_pretrained(name)  # DataError when timm has no pretrained weights at all
     arch, tag = split_model_name_tag(name)

@@ -9,9 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
+from medssl_utils import params as P
 from medssl_utils.errors import MedsslError, ParameterError
 from medssl_utils.models.init_spec import parse_init
-from medssl_utils.study.spec import Run, Study, path_kinds
+from medssl_utils.params import NOT_LITERAL, read_cell
+from medssl_utils.study.spec import NOTEBOOK_FILES, path_kinds, Run, Study
 from medssl_utils.validate import unknown_name
 
 
@@ -27,7 +29,7 @@ def timm_weights_available(encoder: str) -> tuple[bool, str]:
     import timm
     from timm.models import get_pretrained_cfg
 
-    from medssl_utils.models.pretrained import resolve_pretrained
+    from medssl_utils.models.pretrained import resolve_pretrained  # torch, like timm above: only when asked
 
     name = encoder.strip().removeprefix("tu-")
     if not timm.is_model_pretrained(name):
@@ -66,15 +68,11 @@ def _reachable(host: str, timeout: float = 3.0) -> bool:
 def _notebook_cell(notebook: Path) -> dict[str, object]:
     """``{name: default}`` of a notebook's parameters cell (``NOT_LITERAL`` where the default is not
     a literal); ``{}`` when the file is missing (reported by :func:`preflight_problems`)."""
-    from medssl_utils.params import read_cell
-
     return read_cell(notebook)[0] if notebook.is_file() else {}
 
 
 def _notebook_defaults(notebook: Path) -> dict:
     """The literal default values of a notebook's parameters cell (unreadable ones left out)."""
-    from medssl_utils.params import NOT_LITERAL
-
     return {k: v for k, v in _notebook_cell(notebook).items() if v is not NOT_LITERAL}
 
 
@@ -89,9 +87,6 @@ def check_parameters(study: Study, runs: list[Run] | None = None) -> None:
     Raises :class:`ParameterError` ``"<study file>: <key path>: <what is wrong and what is allowed>"``.
     """
     import re
-
-    from medssl_utils import params as P
-    from medssl_utils.study.spec import NOTEBOOK_FILES
 
     cells = {kind: _notebook_cell(nb) for kind, nb in study.notebooks.items()}
     seen: set = set()
@@ -199,7 +194,7 @@ def preflight_problems(study: Study, runs: list[Run]) -> list[str]:
     for run in runs:
         specs = run.params.get("datasets") or [run.params.get("dataset")]
         for spec in specs:
-            from medssl_utils.data.specs import parse_spec
+            from medssl_utils.data.specs import parse_spec  # the data layer (torch): only for a run's datasets
 
             try:
                 parsed = parse_spec(spec)

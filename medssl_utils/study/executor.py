@@ -34,7 +34,8 @@ class Executor(abc.ABC):
     until at least one run in flight ends; return their outcomes, each already recorded in its
     ``result.json``. ``interrupt()``: called on Ctrl-C; returns a line for the user or None.
     ``close()``: release threads / files. :meth:`from_options` builds one from the command's
-    options, refusing those that belong to another executor.
+    options, refusing those that belong to another executor; :meth:`plan_lines` adds the
+    executor's own lines to ``--dry-run``'s plan (the SLURM resources of each group of jobs).
     """
 
     name: str = ""
@@ -53,6 +54,11 @@ class Executor(abc.ABC):
 
     @abc.abstractmethod
     def wait(self) -> list[Outcome]: ...
+
+    @classmethod
+    def plan_lines(cls, study: Study, runs: list[Run], options: Mapping) -> list[str]:
+        """Lines ``--dry-run`` prints after the plan about how these runs would be executed."""
+        return []
 
     def interrupt(self) -> str | None:
         return None

@@ -20,6 +20,8 @@ from medssl_utils.study.records import Outcome, one_line, read_state, write_resu
 from medssl_utils.study.executor import Executor
 from medssl_utils.study.jobs import ACTIVE, active_jobs
 from medssl_utils.study.spec import Run, Study
+from medssl_utils.warmkernel import WarmKernelError, WarmKernels
+
 
 def available_cores() -> int:
     """The CPU cores this process may use: its affinity mask (taskset, SLURM, a test worker's
@@ -213,8 +215,6 @@ class LocalExecutor(Executor):
         if not self.warm_kernels or self.warm is not None or self.warm_note.startswith("failed"):
             return
         import sys
-
-        from medssl_utils.warmkernel import WarmKernelError, WarmKernels
 
         try:
             self.warm = WarmKernels().start()

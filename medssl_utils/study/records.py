@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medssl_utils.rundir import read_json_object
+from medssl_utils.rundir import now, read_json_object, write_json
 from medssl_utils.study.spec import Run, Study
 
 STATES = ("complete", "failed", "skipped", "running", "pending", "unreadable")
@@ -98,8 +98,6 @@ def write_study_json(study: Study, run: Run) -> None:
     fine-tuning also its sweep combination (``combo``, ``sweep``: its values; None / {} without a
     sweep), the cell's ``grid`` (combination labels in study order), ``selection_seeds`` and ``seeds``,
     from which the analysis recomputes the selection (:mod:`medssl_utils.selection`)."""
-    from medssl_utils.rundir import write_json
-
     doc = {"study": study.name, "study_file": str(study.path), "run_id": run.id, "kind": run.kind,
            "stage" if run.kind == "pretrain" else "strategy": run.name, "task": run.task, "budget": run.budget,
            "seed": run.seed, "init": run.init, "depends_on": list(run.deps)}
@@ -111,8 +109,6 @@ def write_study_json(study: Study, run: Run) -> None:
 
 def write_result(run: Run, result: dict) -> None:
     """A ``result.json`` written by the runner (atomically), with ``written_by`` and ``finished``."""
-    from medssl_utils.rundir import now, write_json
-
     write_json(run.run_dir / "result.json", {**_meta(run), **result, "written_by": "study runner",
                                              "finished": now()})
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from medssl_utils import selection as selection_rule
 from medssl_utils.errors import MedsslError
+from medssl_utils.progress import progress as progress_bar
 from medssl_utils.validate import check_int
 from medssl_utils.study.formatting import format_plan, format_summary
 from medssl_utils.study.checks import blocked_runs, check_parameters, preflight_problems
@@ -29,6 +30,7 @@ from medssl_utils.study.local import NotebookEngine
 from medssl_utils.study.records import (Outcome, read_result, read_state, training_seconds, write_result,
                                         write_study_json)
 from medssl_utils.study.spec import Run, Study, execution_order, load_study
+
 
 @dataclass
 class StudySummary:
@@ -319,10 +321,9 @@ def _dry_run(study, order, todo, problems, force, check_timm, out, name, executo
     summary.selections = cell_selections(study, {o.run.id: o.outcome for o in summary.outcomes
                                                  if o.outcome != "already complete"})
     extra = []
-    if name == "slurm" and isinstance(executor, str):
-        from medssl_utils.study.slurm import describe_jobs
-
-        extra = describe_jobs(study, [o.run for o in summary.outcomes if o.outcome == "would run"], options or {})
+    if isinstance(executor, str):  # the executor's own lines about the runs it would start
+        extra = executor_class(name).plan_lines(study, [o.run for o in summary.outcomes if o.outcome == "would run"],
+                                                options or {})
     print(format_plan(summary, problems, extra), file=out)
     return summary
 
@@ -333,8 +334,6 @@ def _schedule(study: Study, order: list[Run], blocked: dict[str, str], executor:
 
     A conditional run of a sweep (``run.selection``) also waits for its cell's selection runs; then
     it runs only if its combination won (:func:`_selection_gate`), whatever the number of workers."""
-    from medssl_utils.progress import progress as progress_bar
-
     outcomes: dict[str, Outcome] = {}
     index = {r.id: r for r in study.runs}
     decided: dict[str, CellSelection] = {}

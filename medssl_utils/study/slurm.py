@@ -179,6 +179,10 @@ class SlurmExecutor(Executor):
     name = "slurm"
 
     @classmethod
+    def plan_lines(cls, study: Study, runs: list[Run], options: Mapping) -> list[str]:
+        return describe_jobs(study, runs, options)
+
+    @classmethod
     def from_options(cls, study: Study, *, workers: int | None = None, execute=None, options=None,
                      warm_kernels: bool = True) -> "SlurmExecutor":
         if workers not in (None, 1):

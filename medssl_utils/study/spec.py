@@ -16,6 +16,7 @@ from pathlib import Path
 
 from medssl_utils.errors import MedsslError, ParameterError
 from medssl_utils.models.init_spec import parse_init
+from medssl_utils.selection import combo_label, format_value
 from medssl_utils.study.resources import check_resources
 
 KINDS = ("pretrain", "finetune")
@@ -41,7 +42,7 @@ ALLOWED_OWNED = {"defaults": {"seed"}, "pretrain.params": {"seed", "init", "data
                  "stage": {"seed", "init", "datasets"}, "finetune.params": set(), "strategy": set()}
 def path_kinds() -> tuple[str, ...]:
     """Dataset kinds whose target is a path (the reader registry's; imported lazily: the data layer imports torch)."""
-    from medssl_utils.data.readers import PATH_KINDS
+    from medssl_utils.data.readers import PATH_KINDS  # the data layer imports torch: study status stays light
 
     return PATH_KINDS
 
@@ -298,7 +299,7 @@ def _slurm(ctx: _Ctx, value, key: str, base: dict | None = None) -> dict:
 
 def _specs(ctx: _Ctx, value, key: str) -> list[str]:
     """Dataset spec(s) validated, with relative dataset paths made absolute."""
-    from medssl_utils.data.specs import DatasetSpec, parse_spec
+    from medssl_utils.data.specs import DatasetSpec, parse_spec  # torch: only when a study file is loaded
 
     values = [value] if isinstance(value, str) else value
     if not isinstance(values, list) or not values:
@@ -452,8 +453,6 @@ def _merge_strategies(ctx: _Ctx, common, own, key: str) -> dict:
 
 def _sweep(ctx: _Ctx, value, key: str) -> dict[str, tuple[list, str]]:
     """A ``sweep`` section validated: ``{parameter: (values, key path)}`` in the order written."""
-    from medssl_utils.selection import format_value
-
     if value is None:
         return {}
     if not isinstance(value, Mapping):
@@ -498,7 +497,6 @@ def _combinations(sweep: dict[str, tuple[list, str]]) -> list[tuple[str, dict]]:
     """``[(label, {parameter: value})]``: the product of the sweep's lists, first key slowest."""
     import itertools
 
-    from medssl_utils.selection import combo_label
 
     keys = list(sweep)
     out = []

@@ -21,6 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from medssl_utils.data import restore_slices
+from medssl_utils.data.nifti import write_nifti
+from medssl_utils.metrics import (dice_counts, dice_from_counts, slice_iou, summarize_metrics, summarize_slice_iou,
+                                  volume_metrics)
+from medssl_utils.models.batchnorm import recomputed_bn
 from medssl_utils.rundir import RunDir
 
 
@@ -46,16 +51,12 @@ def bn_recalibrated(model: nn.Module, cache, rows: np.ndarray, batch_size: int, 
     switches to eval mode. ``forward``: what to call on each batch instead of ``model``
     (:func:`medssl_utils.models.batchnorm.recomputed_bn`).
     """
-    from medssl_utils.models.batchnorm import recomputed_bn
-
     batches = (_batch(cache, rows[i:i + batch_size], device, channels_last) for i in range(0, len(rows), batch_size))
     return recomputed_bn(model, batches, forward)
 
 
 def evaluate_val(model, cache, rows, num_classes, batch_size, device, channels_last: bool = False) -> np.ndarray:
     """Dice per class (background first) pooled over the slices ``rows``; ``model`` as it is (eval mode)."""
-    from medssl_utils.metrics import dice_counts, dice_from_counts
-
     tp = fp = fn = None
     was = model.training
     model.eval()
@@ -72,8 +73,6 @@ def evaluate_val(model, cache, rows, num_classes, batch_size, device, channels_l
 
 def predict_volume(model, cache, volume, batch_size: int, device, channels_last: bool = False) -> np.ndarray:
     """Class ids (X, Y, Z) on the volume's original voxel grid, predicted slice by slice."""
-    from medssl_utils.data import restore_slices
-
     ix = cache.index
     rows = ix.index[ix.volume_id == volume.volume_id].to_numpy()
     rows = rows[np.argsort(ix.loc[rows, "z"].to_numpy())]
@@ -87,9 +86,6 @@ def predict_volume(model, cache, volume, batch_size: int, device, channels_last:
 
 
 def test_volumes(model, data, cfg, rd: RunDir, device) -> tuple[dict, list]:
-    from medssl_utils.data.nifti import write_nifti
-    from medssl_utils.metrics import slice_iou, summarize_metrics, summarize_slice_iou, volume_metrics
-
     labels = {k: v for k, v in data.vs.labels.items() if k > 0}
     all_labels = list(data.vs.labels)
     rows, ious = [], []

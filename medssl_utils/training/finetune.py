@@ -9,12 +9,23 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from medssl_utils.data import (SliceDataset, budget_fraction, budget_slices, labelled_slices, load_dataset, make_split,
+                               slice_cache)
+from medssl_utils.data.specs import parse_spec
+from medssl_utils.data.transforms import SegAugment
 from medssl_utils.errors import DataError, ParameterError
+from medssl_utils.losses import segmentation_loss
+from medssl_utils.models import build_unet, describe_lineage
+from medssl_utils.models.checkpoints import is_medssl_checkpoint, read_weights_file
+from medssl_utils.models.init_spec import check_init
+from medssl_utils.models.unet import PerImageNorm, pretraining_input, standardize_images
 from medssl_utils.progress import progress
-from medssl_utils.rundir import RunDir
+from medssl_utils.rundir import read_json_object, RunDir, write_json
 from medssl_utils.training import loop
 from medssl_utils.training.config import PRECISIONS, FinetuneConfig
 from medssl_utils.training.evaluate import bn_recalibrated, evaluate_val, recalibration_rows, test_volumes
+from medssl_utils.training.probe import dense_probe, prepare_probe_data
+
 
 @dataclass
 class FinetuneData:
@@ -37,8 +48,6 @@ def prepare_finetune_data(cfg: FinetuneConfig) -> FinetuneData:
     the same and no file of the dataset changed (the slice cache's own key: paths, sizes and
     modification times).
     """
-    from medssl_utils.data import load_dataset
-
     vs = load_dataset(cfg.dataset).labelled()
     key = (cfg.dataset, cfg.image_size, cfg.split, cfg.split_seed, cfg.labelled_slices, cfg.labelled_fraction,
            cfg.seed, vs.fingerprint())
@@ -49,8 +58,6 @@ def prepare_finetune_data(cfg: FinetuneConfig) -> FinetuneData:
 
 
 def _prepare_finetune_data(cfg: FinetuneConfig, vs) -> FinetuneData:
-    from medssl_utils.data import budget_fraction, budget_slices, labelled_slices, make_split, slice_cache
-
     if not vs.volumes:
         raise DataError(f"{cfg.dataset}: has no labelled volumes to fine-tune on")
     cache = slice_cache(vs, image_size=cfg.image_size, progress=cfg.progress is not False)
@@ -73,8 +80,6 @@ def _prepare_finetune_data(cfg: FinetuneConfig, vs) -> FinetuneData:
 
 def check_no_leakage(lineage: list, dataset: str, split) -> None:
     """Refuse weights whose pretraining pool held this run's validation or test patients."""
-    from medssl_utils.data.specs import parse_spec
-
     target = str(parse_spec(dataset))
     held = set(split.val) | set(split.test)
     for stage in lineage or []:
@@ -92,8 +97,6 @@ def check_no_leakage(lineage: list, dataset: str, split) -> None:
 
 def check_input_norm(lineage: list, input_norm: str, init) -> None:
     """Refuse fine-tuning inputs normalised otherwise than the init's last pretraining stage saw them."""
-    from medssl_utils.models.unet import pretraining_input
-
     seen = pretraining_input(lineage)
     if seen is not None and seen != input_norm:
         what = {"image": "per-image z-scored views", "volume": "slices normalised per volume (as cached)"}
@@ -104,20 +107,15 @@ def check_input_norm(lineage: list, input_norm: str, init) -> None:
 
 def _init_probe(cfg: FinetuneConfig, rd: RunDir, model, device) -> dict | None:
     """The dense probe of the starting encoder (seed = the run's seed), computed once per run directory."""
-    from medssl_utils.rundir import read_json_object, write_json
-
     path = rd.path / "init_probe.json"
     done, _ = read_json_object(path)
     if done is not None:
         return done
-    from medssl_utils.training.probe import dense_probe, prepare_probe_data
 
     pdata = prepare_probe_data(cfg.dataset, cfg.image_size, cfg.split, cfg.split_seed, cfg.probe_val_slices)
     if pdata is None:
         return None
-    transform = None
-    if cfg.input_norm == "image":
-        from medssl_utils.models.unet import standardize_images as transform
+    transform = standardize_images if cfg.input_norm == "image" else None
     result = dense_probe(model.encoder, pdata, cfg.seed, train_slices=cfg.probe_slices, steps=cfg.probe_steps,
                          device=device, channels_last=cfg.channels_last, transform=transform)
     if rd.writer:
@@ -131,13 +129,6 @@ def finetune(cfg: FinetuneConfig | None = None, **params) -> dict:
 
 
 def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
-    from medssl_utils.data import SliceDataset
-    from medssl_utils.data.transforms import SegAugment
-    from medssl_utils.losses import segmentation_loss
-    from medssl_utils.models import build_unet, describe_lineage
-    from medssl_utils.models.checkpoints import is_medssl_checkpoint, read_weights_file
-    from medssl_utils.models.init_spec import check_init
-
     fabric = loop.make_fabric(cfg.device, cfg.precision, cfg.devices)
     with fabric.rank_zero_first():
         data = prepare_finetune_data(cfg)
@@ -157,8 +148,6 @@ def _finetune(cfg: FinetuneConfig, rd: RunDir, t0: float) -> dict:
     check_no_leakage(lineage, cfg.dataset, data.split)
     check_input_norm(lineage, cfg.input_norm, cfg.init)
     if cfg.input_norm == "image":
-        from medssl_utils.models.unet import PerImageNorm
-
         model = PerImageNorm(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

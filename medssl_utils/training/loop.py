@@ -20,6 +20,8 @@ from medssl_utils.errors import DataError, MedsslError, ParameterError, check_ch
 from medssl_utils.fileio import atomic_file
 from medssl_utils.rundir import RunDir, now
 from medssl_utils.training.config import _RUNTIME_KEYS, DEVICES, PRECISIONS, TrainingError
+from medssl_utils.training.lars import LARS, WORK_A_LARS
+
 
 def in_notebook_kernel() -> bool:
     ipython = sys.modules.get("IPython")
@@ -149,8 +151,6 @@ def make_optimizer(name: str, module: torch.nn.Module, lr: float, weight_decay: 
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
     if name == "lars":
-        from medssl_utils.training.lars import LARS, WORK_A_LARS
-
         return LARS(groups, lr=lr, momentum=0.9, weight_decay=weight_decay, **WORK_A_LARS)
     # foreach: one fused update over all tensors (torch's default only on CUDA); 25 % faster on this CPU
     if name == "sgd":

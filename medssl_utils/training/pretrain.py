@@ -10,12 +10,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from medssl_utils.data import load_dataset, make_split, MultiDomainDataset, slice_cache, SliceDataset
+from medssl_utils.data.splits import unlabelled_pool
+from medssl_utils.data.transforms import SSLAugment, ssl_preset
 from medssl_utils.errors import ParameterError
+from medssl_utils.models import (build_unet, decoder_state, describe_lineage, encoder_state, load_checkpoint,
+                                 save_checkpoint)
+from medssl_utils.models.knn import knn_evaluate
 from medssl_utils.progress import progress
 from medssl_utils.rundir import RunDir
 from medssl_utils.training import loop
 from medssl_utils.models.methods import method_class
 from medssl_utils.training.config import PRECISIONS, PretrainConfig
+from medssl_utils.training.probe import dense_probe, prepare_probe_data
 
 #: Augmentation settings a method changes from SSLAugment's defaults (``augment`` overrides them).
 #: HSSL: the second view of every pair is histogram-equalised, so its intensity statistics say
@@ -35,9 +42,6 @@ class PretrainData:
 
 def prepare_pretrain_data(cfg: PretrainConfig) -> PretrainData:
     """Unlabelled pools of every dataset (training patients only), tagged and aggregated."""
-    from medssl_utils.data import MultiDomainDataset, SliceDataset, load_dataset, make_split, slice_cache
-    from medssl_utils.data.splits import unlabelled_pool
-
     parts, pools, banks, queries = [], {}, [], []
     rng = np.random.default_rng(cfg.seed)
     for spec in cfg.datasets:
@@ -73,8 +77,6 @@ def prepare_pretrain_data(cfg: PretrainConfig) -> PretrainData:
         weights = 1.0 / np.bincount(doms)[doms]
     probes = []
     if cfg.probe_every:
-        from medssl_utils.training.probe import prepare_probe_data
-
         for spec in cfg.datasets:
             pd_ = prepare_probe_data(spec, cfg.image_size, cfg.split, cfg.split_seed, cfg.probe_val_slices,
                                      progress=cfg.progress is not False)
@@ -105,8 +107,6 @@ def warmup_steps(warmup_epochs: float | None, steps_per_epoch: int, total: int) 
 
 def ssl_augment(cfg: PretrainConfig):
     """The two-view augmentation a run uses: the preset, then the method's changes, then ``augment``."""
-    from medssl_utils.data.transforms import SSLAugment, ssl_preset
-
     return SSLAugment(output_size=cfg.image_size, **{**ssl_preset(cfg.augment_preset, cfg.image_size),
                                                      **method_class(cfg.method).augment, **cfg.augment})
 
@@ -117,8 +117,6 @@ def pretrain(cfg: PretrainConfig | None = None, **params) -> dict:
 
 
 def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
-    from medssl_utils.models import build_unet, decoder_state, describe_lineage, encoder_state, save_checkpoint
-
     fabric = loop.make_fabric(cfg.device, cfg.precision, cfg.devices)
     with fabric.rank_zero_first():  # rank 0 builds phantoms/slice caches; the others then read them
         data = prepare_pretrain_data(cfg)
@@ -137,7 +135,7 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
     input_norm = raw_ssl.input_norm
     transform = None
     if input_norm == "image":
-        from medssl_utils.models.hssl import standardize_views as transform
+        from medssl_utils.models.hssl import standardize_views as transform  # only for HSSL runs: imports lightly, timm
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     wd = cfg.weight_decay if cfg.weight_decay is not None else (1.5e-6 if cfg.optimizer == "lars" else 1e-4)
@@ -177,7 +175,6 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
     def knn_now() -> dict | None:
         if data.query is None:
             return None
-        from medssl_utils.models.knn import knn_evaluate
 
         return knn_evaluate(loop.unwrap(model), data.bank, data.query, by=data.knn_by, device=fabric.device)
 
@@ -191,7 +188,6 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
         """Dense linear probe of the online encoder on every labelled dataset, every probe seed."""
         if not data.probes:  # every process probes the same weights (only rank 0 writes probes.csv)
             return None
-        from medssl_utils.training.probe import dense_probe
 
         values = []
         for pdata in data.probes:
@@ -293,7 +289,6 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
     epochs_done = total / steps_per_epoch
     final = save_medssl(rd.checkpoints / "final.pt", round(epochs_done, 3) if epochs_done % 1 else int(epochs_done))
     rd.flush_history()
-    from medssl_utils.models import load_checkpoint
 
     lineage = load_checkpoint(final)["lineage"]
     knn_rows = [r for r in rd.rows if r.get("knn_acc") is not None]

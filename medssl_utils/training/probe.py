@@ -39,6 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medssl_utils.data import labelled_slices, load_dataset, make_split, slice_cache
+from medssl_utils.metrics import dice_counts, dice_from_counts
+from medssl_utils.models.batchnorm import recomputed_bn
+from medssl_utils.training.loop import resolve_split
+
 __all__ = ["ProbeData", "dense_probe", "prepare_probe_data"]
 
 _VAL_SEED = 0x5EED
@@ -60,9 +65,6 @@ def prepare_probe_data(dataset: str, image_size: int, split: str = "auto", split
                        val_slices: int = 64, progress: bool = False) -> ProbeData | None:
     """The probe's data on ``dataset`` (its labelled volumes, the study's patient split), or None
     when the dataset has no labelled training and validation slices (e.g. photographs)."""
-    from medssl_utils.data import labelled_slices, load_dataset, make_split, slice_cache
-    from medssl_utils.training.loop import resolve_split
-
     vs = load_dataset(dataset).labelled()
     if not vs.volumes or len(vs.labels) < 2:
         return None
@@ -129,9 +131,6 @@ def dense_probe(encoder: nn.Module, data: ProbeData, seed: int = 0, *, train_sli
     Returns ``{"dense_dice", "dice": {class: Dice}, "dataset", "seed", "train_slices", "val_slices",
     "train_pixels", "steps", "seconds"}`` (Dice as fractions).
     """
-    from medssl_utils.metrics import dice_counts, dice_from_counts
-    from medssl_utils.models.batchnorm import recomputed_bn
-
     t0 = time.perf_counter()
     rng = np.random.default_rng([int(seed), 0xD3])
     pool = data.train_pool

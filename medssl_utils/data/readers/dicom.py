@@ -57,8 +57,9 @@ from pathlib import Path
 
 import numpy as np
 
+from medssl_utils.data.nifti import read_array, read_header
 from medssl_utils.data.readers.base import Option, Reader
-from medssl_utils.data.volume import Volume, VolumeSet
+from medssl_utils.data.volume import check_label_values, Volume, VolumeSet
 from medssl_utils.errors import DataError
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
@@ -589,9 +590,6 @@ class _Labels:
 
 def _nifti_label(path: Path, slices: list[Slice], affine: np.ndarray, names: dict[int, str]) -> np.ndarray:
     from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
-
-    from medssl_utils.data.nifti import read_array, read_header
-    from medssl_utils.data.volume import check_label_values
 
     hdr = read_header(path)
     lab = read_array(path, kind="label")

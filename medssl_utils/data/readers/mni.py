@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medssl_utils.data.nifti import read_array, read_header
 from medssl_utils.data.readers.base import Reader
 from medssl_utils.data.volume import Volume, VolumeSet
 from medssl_utils.errors import DataError
@@ -28,8 +29,6 @@ def _nilearn_data_dir() -> Path:
 
 
 def read_mni(spec: str = "mni") -> VolumeSet:
-    from medssl_utils.data.nifti import read_array, read_header
-
     d = _nilearn_data_dir()
     paths = {k: d / f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm")}
     for p in paths.values():

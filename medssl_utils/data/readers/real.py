@@ -57,8 +57,10 @@ from pathlib import Path
 
 import numpy as np
 
+from medssl_utils.data.nifti import read_array, read_header, volume_shape
 from medssl_utils.data.readers.base import Option, Reader
-from medssl_utils.data.volume import Volume, VolumeSet
+from medssl_utils.data.readers.dicom import read_dicom
+from medssl_utils.data.volume import check_label_values, Volume, VolumeSet
 from medssl_utils.errors import DataError
 
 MRICRON_TEMPLATES = Path("/usr/share/mricron/templates")
@@ -123,14 +125,11 @@ def source_dir(source: str) -> Path:
 
 def _volume(image: RealImage, path: Path, label_names: dict[int, str]) -> Volume:
     if path.name.endswith((".dcm",)):
-        from medssl_utils.data.readers.dicom import read_dicom
-
         vol, = read_dicom(path).volumes
         vol.case_id = image.name
         vol.meta = {**vol.meta, "series": None, "modality": image.modality, "region": image.region,
                     "source": image.source}
         return vol
-    from medssl_utils.data.nifti import read_array, read_header, volume_shape
 
     hdr = read_header(path)
     index = () if image.frame is None else (image.frame,)
@@ -153,9 +152,6 @@ def _volume(image: RealImage, path: Path, label_names: dict[int, str]) -> Volume
 
 
 def _checked(path: Path, names: dict[int, str]) -> np.ndarray:
-    from medssl_utils.data.nifti import read_array
-    from medssl_utils.data.volume import check_label_values
-
     lab = read_array(path, kind="label")
     check_label_values(lab, names, path)
     return lab
