@@ -12,7 +12,7 @@ BOOTSTRAP_PY ?= python3
 DEPS_HASH := $(shell $(BOOTSTRAP_PY) -c "import hashlib;print(hashlib.sha256(open('pyproject.toml','rb').read()).hexdigest()[:12])")
 STAMP := $(VENV)/.medssl-deps-$(DEPS_HASH)
 
-.PHONY: venv test test-quick lint study benchmarks teaching clean-cache
+.PHONY: venv test test-quick lint reference study benchmarks teaching clean-cache
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(BOOTSTRAP_PY) -m venv $(VENV)
@@ -39,6 +39,9 @@ test-quick: venv  # tests/unit alone, without its slow tests (no notebooks, SLUR
 lint: venv  # ruff (style, pyflakes) and import-linter (the layers); make test runs both too
 	$(VENV)/bin/ruff check medssl_utils tests benchmarks notebooks
 	cd . && PYTHONPATH=. $(VENV)/bin/lint-imports
+
+reference: venv  # docs/reference.md from the code (a test fails when the committed page is stale)
+	$(VENV)/bin/medssl reference --out docs/reference.md
 
 STUDY ?= studies/quick.yaml
 WORKERS ?= 2

@@ -80,11 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default=None, help="output folder (default: DIR/report)")
     rp.set_defaults(func=_cmd_report)
     add_teach_cli(sub)
+    ref = sub.add_parser("reference", help="print docs/reference.md: dataset kinds and options, notebook "
+                                           "parameters, study-file keys, claims (generated from the code)")
+    ref.add_argument("--out", default=None, help="write it to this file instead (make reference: docs/reference.md)")
+    ref.set_defaults(func=_cmd_reference)
     return p
 
 
 def _cmd_report(args) -> int:
     from medssl_utils.report.cli import run_cli  # pandas, seaborn, matplotlib: imported for this command only
+
+    return run_cli(args)
+
+
+def _cmd_reference(args) -> int:
+    from medssl_utils.reference import run_cli  # the data layer and training config (torch): this command only
 
     return run_cli(args)
 

@@ -4,6 +4,7 @@ BatchNorm statistics and chance levels, augmentation presets, HSSL's decoder and
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -221,8 +222,11 @@ def test_knn_at_step_0_does_not_depend_on_the_running_statistics(tmp_path, monke
     plain = pre(tmp_path / "plain", **kw)
     real = models.build_unet
 
+    built = []
+
     def odd_statistics(*a, **k):
         model = real(*a, **k)
+        built.append(model)
         g = torch.Generator().manual_seed(1)
         for m in model.encoder.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -230,8 +234,9 @@ def test_knn_at_step_0_does_not_depend_on_the_running_statistics(tmp_path, monke
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 10 + 0.01)
         return model
 
-    monkeypatch.setattr(models, "build_unet", odd_statistics)
+    monkeypatch.setattr(importlib.import_module("medssl_utils.training.pretrain"), "build_unet", odd_statistics)  # what the loop calls
     odd = pre(tmp_path / "odd", **kw)
+    assert built  # the odd statistics were in the model the loop evaluated
     first = [pd.read_csv(tmp_path / d / "history.csv").dropna(subset=["knn_acc"]).iloc[0] for d in ("plain", "odd")]
     assert first[0]["step"] == 0 and first[0]["knn_acc"] == first[1]["knn_acc"]
     assert plain["knn"]["first"] == odd["knn"]["first"]
@@ -317,7 +322,9 @@ def test_finetuning_feeds_what_hssl_pretraining_fed(tmp_path, monkeypatch, hssl_
     from medssl_utils.models import unet as unet_mod
 
     real = unet_mod.standardize_images
-    monkeypatch.setattr(unet_mod, "standardize_images", lambda x, eps=1e-5: (seen.append(x.shape), real(x, eps))[1])
+    spy = lambda x, eps=1e-5: (seen.append(x.shape), real(x, eps))[1]  # noqa: E731
+    monkeypatch.setattr(unet_mod, "standardize_images", spy)  # PerImageNorm's
+    monkeypatch.setattr(importlib.import_module("medssl_utils.training.finetune"), "standardize_images", spy)  # the init probe's
     ft = fin(tmp_path / "i", init=r["checkpoint"], input_norm="image", max_steps=1, eval_every=1)
     assert ft["input_norm"] == "image" and seen  # every input went through the per-image z-score
     with pytest.raises(ParameterError, match="input_norm='image'.*normalised per volume"):
