@@ -21,7 +21,7 @@ from medssl_utils.teach import add_cli as add_teach_cli
 def _cmd_data_summary(args) -> int:
     from medssl_utils.data.summary import format_summary, summarize  # the data layer (torch): this command only
 
-    s = summarize(Path(args.path), decode=not args.headers_only, progress=not args.json and sys.stderr.isatty())
+    s = summarize(args.path, decode=not args.headers_only, progress=not args.json and sys.stderr.isatty())
     print(json.dumps(s, indent=2) if args.json else format_summary(s))
     return 1 if s["problems"] else 0
 
@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="inspect datasets, write phantoms").add_subparsers(dest="data_cmd",
                                                                                           required=True)
 
-    s = data.add_parser("summary", help="detect a dataset's layout and check every volume")
-    s.add_argument("path", help="dataset folder (ACDC, MSD task folder, images/ + labels/ folder, or DICOM files)")
+    s = data.add_parser("summary", help="detect a dataset's layout (or read a dataset spec) and check every volume")
+    s.add_argument("path", help="dataset folder (ACDC, MSD task folder, images/ + labels/ folder, or DICOM files), "
+                                "or a dataset spec such as 'dicom:/data/export?bad_series=skip' or 'phantom:cardiac'")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.add_argument("--headers-only", action="store_true", help="read headers only (fast; skips decoding voxels)")
     s.set_defaults(func=_cmd_data_summary)

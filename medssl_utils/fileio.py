@@ -11,18 +11,22 @@ phantom caches, report files. At the bottom of the package: it imports only the 
   placed the same folder first, theirs is kept (both built the same content).
 
 Temporary names start with a dot and hold ``.tmp-<pid>`` (:func:`temp_sibling`), so they never
-look like results and show which process left them.
+look like results and show which process left them. A writer killed mid-write (``kill -9``, a
+preempted job) leaves its temporary behind; :func:`stale_temps` finds those whose process is no
+longer alive on this machine and :func:`remove_stale_temps` deletes them (never a live writer's).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 TEMP_MARK = ".tmp-"
+_TEMP_NAME = re.compile(r"^\..+\.tmp-(?P<pid>\d+)(?:\.[A-Za-z0-9.]+)?$")
 
 
 def temp_sibling(path: str | os.PathLike, suffix: str = "") -> Path:
@@ -86,3 +90,62 @@ def atomic_folder(final: str | os.PathLike) -> Iterator[Path]:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (a process of another user counts as alive)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Temporary files and folders (``.<name>.tmp-<pid>[suffix]``) under ``folder`` whose writing
+    process is no longer alive, sorted. A pid that is alive (perhaps reused by another process) is
+    left alone: a live writer's temporary is never reported."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in [*filenames, *dirnames]:
+            m = _TEMP_NAME.match(name)
+            if m and not _alive(int(m["pid"])):
+                found.append(Path(dirpath) / name)
+        dirnames[:] = [d for d in dirnames if not _TEMP_NAME.match(d)]  # a temporary folder is one item
+    return sorted(found)
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete :func:`stale_temps` of ``folder``; returns what was removed."""
+    removed = []
+    for path in stale_temps(folder):
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            continue  # another process cleaned it first
+        removed.append(path)
+    return removed
+
+
+def size_text(paths) -> str:
+    """Total size of files / folders, as ``"12.3 MB"``."""
+    total = 0
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            total += sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        elif p.exists():
+            total += p.stat().st_size
+    return f"{total / 1e6:.1f} MB"

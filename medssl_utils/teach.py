@@ -18,13 +18,17 @@ outputs.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import os
 import re
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 from medssl_utils.errors import DataError
+from medssl_utils.fileio import atomic_write
 
 EXERCISE, SOLUTION = "exercise", "solution"
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -139,9 +143,30 @@ def instructor_copy(nb: dict, name: str, where: str = "notebook") -> dict:
     return out
 
 
-def make_copies(out: str | Path, notebooks: str | Path | None = None) -> dict[str, list[Path]]:
+RECORD = ".medssl-teach.json"
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_record(out: Path) -> dict[str, str]:
+    try:
+        files = json.loads((out / RECORD).read_text()).get("files", {})
+        return {str(k): str(v) for k, v in files.items()} if isinstance(files, dict) else {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def make_copies(out: str | Path, notebooks: str | Path | None = None, *, force: bool = False) -> dict[str, list[Path]]:
     """Write ``out/student/*.ipynb`` and ``out/instructor/*.ipynb`` from ``notebooks`` (default:
-    the repository's ``notebooks/``). Returns the written paths by kind."""
+    the repository's ``notebooks/``). Returns the written paths by kind.
+
+    ``out/.medssl-teach.json`` records the hash of every file written. A file that exists and differs
+    both from that record and from what would be written now (an instructor adapted it, or medssl
+    did not write it) is never overwritten silently: a :class:`DataError` names every such file,
+    and nothing is written. ``force=True`` writes anyway and keeps each such file beside it as
+    ``NAME.edited-<time>.ipynb``."""
     src = Path(notebooks) if notebooks is not None else Path(__file__).resolve().parents[1] / "notebooks"
     paths = sorted(src.glob("*.ipynb"))
     if not paths:
@@ -155,12 +180,33 @@ def make_copies(out: str | Path, notebooks: str | Path | None = None) -> dict[st
         except (OSError, ValueError) as exc:
             raise DataError(f"{p}: not a readable notebook ({exc})") from None
         copies.append((p.name, student_copy(nb, str(p)), instructor_copy(nb, p.name, str(p))))
+    record = _read_record(out)
+    plan = []  # (relative name, target, bytes)
     for name, student, instructor in copies:  # all checked before anything is written
         for kind, nb in (("student", student), ("instructor", instructor)):
-            target = out / kind / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
-            written[kind].append(target)
+            data = (json.dumps(nb, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+            plan.append((f"{kind}/{name}", out / kind / name, data))
+    edited = []
+    for rel, target, data in plan:
+        if target.is_file():
+            now = _sha(target.read_bytes())
+            if now != record.get(rel) and now != _sha(data):
+                edited.append(target)
+    if edited and not force:
+        raise DataError(f"{len(edited)} teaching cop{'y' if len(edited) == 1 else 'ies'} changed since medssl teach "
+                        f"wrote {'it' if len(edited) == 1 else 'them'}: {', '.join(str(p) for p in edited)}; "
+                        "nothing was written. Move your edits elsewhere, or pass --force (force=True) to "
+                        "write new copies and keep each edited file beside it as NAME.edited-<time>.ipynb")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for target in edited:
+        keep = target.with_name(f"{target.stem}.edited-{stamp}{target.suffix}")
+        os.replace(target, keep)
+        print(f"kept the edited {target} as {keep.name}")
+    for rel, target, data in plan:
+        atomic_write(target, data)
+        record[rel] = _sha(data)
+        written[rel.split("/", 1)[0]].append(target)
+    atomic_write(out / RECORD, json.dumps({"files": dict(sorted(record.items()))}, indent=1) + "\n")
     return written
 
 
@@ -169,11 +215,13 @@ def add_cli(sub) -> None:
     p = sub.add_parser("teach", help="write student copies (solutions replaced by prompts) and instructor copies")
     p.add_argument("out", help="output folder: OUT/student and OUT/instructor")
     p.add_argument("--notebooks", default=None, help="folder of notebooks (default: the repository's notebooks/)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite edited copies (each kept beside as NAME.edited-<time>.ipynb)")
     p.set_defaults(func=_cmd_teach)
 
 
 def _cmd_teach(args) -> int:
-    written = make_copies(args.out, args.notebooks)
+    written = make_copies(args.out, args.notebooks, force=args.force)
     for kind, paths in written.items():
         print(f"{kind:10s} {len(paths)} notebooks in {Path(args.out) / kind}")
     return 0

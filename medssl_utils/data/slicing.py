@@ -27,6 +27,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -196,9 +199,74 @@ def slice_cache(vs: VolumeSet, prep: Preprocessing | None = None, *, image_size:
         raise DataError(f"{vs.spec}: no volumes selected; nothing to slice")
     root = Path(cache_dir) if cache_dir is not None else cache_root() / "slices"
     final = root / cache_key(vs, prep)
-    if (final / "meta.json").is_file():
-        return SliceCache(final)
+    if final.exists():
+        problem = cache_problem(final)
+        if problem is None:
+            return SliceCache(final)
+        print(f"slice cache {final}: {problem}; rebuilding it", file=sys.stderr)
+        _discard(final)
     return SliceCache(_build(vs, prep, final, progress))
+
+
+def _npy_problem(path: Path, shape: tuple, dtype) -> str | None:
+    """Why ``path`` is not a complete .npy array of ``shape`` and ``dtype`` (None when it is)."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                return f"{path.name} is .npy version {version}, not one medssl writes"
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            header = read(f)  # (shape, fortran_order, dtype)
+            offset = f.tell()
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    except (OSError, ValueError) as exc:
+        return f"{path.name} has no readable .npy header ({' '.join(str(exc).split())[:80]})"
+    if tuple(header[0]) != tuple(shape) or np.dtype(header[2]) != np.dtype(dtype):
+        return f"{path.name} holds {header[2]} {tuple(header[0])}, expected {np.dtype(dtype)} {tuple(shape)}"
+    size, expected = path.stat().st_size, offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if size != expected:
+        return f"{path.name} is {size} bytes, expected {expected} (cut short)" if size < expected else \
+            f"{path.name} is {size} bytes, expected {expected}"
+    return None
+
+
+def cache_problem(path: str | os.PathLike) -> str | None:
+    """Why the slice cache entry ``path`` cannot be served (None when it is complete): ``meta.json``
+    readable, ``index.csv`` with one row per slice, ``images.npy`` / ``labels.npy`` of the shape,
+    type and byte size ``meta.json`` states. Reads headers and sizes only."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        n, s = int(meta["n_slices"]), int(meta["preprocessing"]["image_size"])
+    except FileNotFoundError:
+        return "meta.json is missing"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"meta.json is unreadable ({type(exc).__name__})"
+    if meta.get("cache_format") != CACHE_FORMAT:
+        return f"cache format {meta.get('cache_format')!r}, expected {CACHE_FORMAT}"
+    for name, dtype in (("images.npy", np.float16), ("labels.npy", np.uint8)):
+        why = _npy_problem(path / name, (n, s, s), dtype)
+        if why:
+            return why
+    try:
+        with open(path / "index.csv", "rb") as f:
+            rows = sum(1 for _ in f) - 1
+    except FileNotFoundError:
+        return "index.csv is missing"
+    if rows != n:
+        return f"index.csv has {rows} rows, expected {n}"
+    return None
+
+
+def _discard(path: Path) -> None:
+    """Move a broken cache entry out of the way (renamed first, so no reader picks it up), then delete it."""
+    gone = path.with_name(f".{path.name}.broken-{os.getpid()}")
+    try:
+        os.replace(path, gone)
+    except FileNotFoundError:
+        return  # another process discarded it first
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 def _build(vs: VolumeSet, prep: Preprocessing, final: Path, progress: bool) -> Path:

@@ -11,32 +11,53 @@ listed with their modality, shape, spacing and where the spacing came from.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from medssl_utils.data.readers import detect_format
-from medssl_utils.data.specs import DatasetSpec, load_dataset
+from medssl_utils.data.readers import KINDS, detect_format, get_reader
+from medssl_utils.data.specs import DatasetSpec, load_dataset, parse_spec
 from medssl_utils.errors import MedsslError
 from medssl_utils.progress import progress as progress_bar
 
 
-def summarize(path: Path, *, decode: bool = True, progress: bool = False) -> dict:
+def source_spec(source: str | os.PathLike | DatasetSpec) -> DatasetSpec:
+    """What ``medssl data summary SOURCE`` reads: an existing folder is a download whose kind is
+    detected (as before); anything else is a dataset spec (``KIND[:TARGET][?options]``), so the
+    options that change what a reader finds (``channel``, ``modality``, ``bad_series``, ``cases``)
+    apply. A path that does not exist and is not a spec is an error naming it."""
+    if isinstance(source, DatasetSpec):
+        return source
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.exists():
+        return DatasetSpec(detect_format(path), str(path))
+    kind = text.strip().split("?", 1)[0].split(":", 1)[0].strip().lower()
+    if kind in KINDS and (":" in text or "?" in text or text.strip().lower() == kind):
+        return parse_spec(text)
+    return DatasetSpec(detect_format(path), str(path))  # raises: the path does not exist
+
+
+def summarize(source: str | os.PathLike | DatasetSpec, *, decode: bool = True, progress: bool = False) -> dict:
     """Summary dict with keys: format, path, cases, labelled_volumes, unlabelled_frames,
     label_values, label_map, spacing_mm ([min, max] per axis), shape_range, slices_labelled,
-    phases, groups, subsets, problems."""
-    path = Path(path).expanduser()
-    fmt = detect_format(path)
+    phases, groups, subsets, problems. ``source``: a dataset folder or a dataset spec
+    (:func:`source_spec`)."""
+    spec = source_spec(source)
+    fmt = spec.kind
+    path = spec.target if spec.target is not None and get_reader(fmt).target == "path" else str(spec)
     problems: list[str] = []
-    if fmt == "dicom":  # every bad series is a problem to list, not the end of the summary
+    if fmt == "dicom" and "bad_series" not in spec.opts:  # every bad series is a problem to list
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            vs = load_dataset(DatasetSpec(fmt, str(path), (("bad_series", "skip"),)))
-        problems += vs.meta["skipped"]
+            vs = load_dataset(DatasetSpec(fmt, spec.target, (*spec.options, ("bad_series", "skip"))))
     else:
-        vs = load_dataset(DatasetSpec(fmt, str(path)))
+        vs = load_dataset(spec)
+    if fmt == "dicom":
+        problems += vs.meta.get("skipped", [])
     label_values: set[int] = set()
     slices_labelled = 0
     vols = vs.volumes

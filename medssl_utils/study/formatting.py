@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from medssl_utils.fileio import size_text
 from medssl_utils.study.records import STATES, Outcome
 
 #: States ``study status`` shows: result.json's (:data:`STATES`), SLURM's, and a sweep's conditional runs'.
@@ -148,6 +149,14 @@ def format_status(rows: list[dict], study_name: str = "", every_run: bool = Fals
         lines.append("runs:" if every_run else "failed, skipped and unreadable runs:")
         for r in shown:
             lines.append(f"  {r['state']:<9s} {r['run_id']}" + (f": {r['error']}" if r["error"] else ""))
+    stale = [(r, p) for r in rows for p in r.get("stale_temps") or ()]
+    if stale:
+        lines.append(f"{len(stale)} temporary file(s) left by writers that are no longer running "
+                     f"({size_text(p for _, p in stale)}; safe to delete: their writers are gone; starting or resuming "
+                     "an unfinished run removes its own):")
+        for r, p in stale:
+            where = Path(p).relative_to(r["run_dir"]) if Path(p).is_relative_to(r["run_dir"]) else p
+            lines.append(f"  {r['run_id']}: {where}")
     return "\n".join(lines)
 
 

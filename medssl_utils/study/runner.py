@@ -20,6 +20,7 @@ from pathlib import Path
 
 from medssl_utils import selection as selection_rule
 from medssl_utils.errors import MedsslError
+from medssl_utils.fileio import stale_temps
 from medssl_utils.progress import progress as progress_bar
 from medssl_utils.validate import check_int
 from medssl_utils.study.formatting import format_plan, format_summary
@@ -426,7 +427,8 @@ def study_status(study: Study | str | os.PathLike, results_dir: str | os.PathLik
     running — executing, or interrupted —, pending, and for a conditional run of a sweep without
     its own result.json: ``awaits selection`` — its cell's selection runs are not all complete — or
     ``not selected`` — they are and another combination won), ``error``, ``run_dir``, and ``job`` /
-    ``job_state`` (the SLURM job id and state) for runs that have a SLURM job queued or running.
+    ``job_state`` (the SLURM job id and state) for runs that have a SLURM job queued or running, and
+    ``stale_temps`` (temporary files of killed writers in the run directory) where there are any.
     Read from the run directories (and, when runs were submitted to SLURM, one ``sacct`` call):
     nothing is executed and no weights are checked.
     """
@@ -449,6 +451,9 @@ def study_status(study: Study | str | os.PathLike, results_dir: str | os.PathLik
                 state, error = "not selected", f"selection of {run.cell}: {cell.winner} won"
         row = {"run_id": run.id, "kind": run.kind, "name": run.name, "combo": run.combo, "state": state,
                "error": error, "run_dir": str(run.run_dir)}
+        stale = stale_temps(run.run_dir)
+        if stale:
+            row["stale_temps"] = [str(p) for p in stale]
         if run.id in jobs and state != "complete":
             row["job"], row["job_state"] = jobs[run.id]
             if row["job_state"] in ACTIVE:  # else "unknown: <why>": the state stays what result.json says

@@ -17,7 +17,7 @@ from torch.utils.data import Sampler
 
 from medssl_utils import __version__
 from medssl_utils.errors import DataError, MedsslError, ParameterError, check_choice
-from medssl_utils.fileio import atomic_file
+from medssl_utils.fileio import atomic_file, remove_stale_temps
 from medssl_utils.rundir import RunDir, now
 from medssl_utils.training.config import _RUNTIME_KEYS, DEVICES, PRECISIONS, TrainingError
 from medssl_utils.training.lars import LARS, WORK_A_LARS
@@ -261,6 +261,10 @@ def prepare_run(cfg, kind: str) -> tuple[RunDir, dict | None]:
             (rd.path / f).unlink(missing_ok=True)
         (rd.checkpoints / "last.pt").unlink(missing_ok=True)
     rd.path.mkdir(parents=True, exist_ok=True)
+    removed = remove_stale_temps(rd.path)  # left by a writer killed mid-write (kill -9, a preempted job)
+    if removed:
+        print(f"{rd.path}: removed {len(removed)} temporary file(s) of writers no longer running: "
+              + ", ".join(str(p.relative_to(rd.path)) for p in removed))
     rd.write_params({**params, "started": now()})
     return rd, None
 

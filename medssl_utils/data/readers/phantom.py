@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import sys
 from pathlib import Path
 
 from medssl_utils.cache import cache_root
@@ -46,16 +49,42 @@ def ensure_phantom(name: str, *, cases: int | None = None, seed: int = 0) -> tup
         raise ParameterError(f"phantom:{name}: cases={n}; expected 1..{MAX_CASES}")
     final = cache_root() / "phantoms" / f"{name}-n{n}-s{seed}-{_phantom_code_version()}"
     marker = final / ".medssl-phantom.json"
+    if marker.is_file():
+        problem = _cache_problem(final, marker)
+        if problem:
+            print(f"phantom cache {final}: {problem}; regenerating it", file=sys.stderr)
+            gone = final.with_name(f".{final.name}.broken-{os.getpid()}")
+            try:
+                os.replace(final, gone)
+            except FileNotFoundError:
+                pass  # another process discarded it first
+            shutil.rmtree(gone, ignore_errors=True)
     if not marker.is_file():
         final.parent.mkdir(parents=True, exist_ok=True)
         with atomic_folder(final) as tmp:  # another process finished first: theirs is kept
             root = write_phantom(name, tmp, cases=n, seed=seed)
+            files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
             (tmp / ".medssl-phantom.json").write_text(json.dumps(
-                {"name": name, "cases": n, "seed": seed, "root": str(Path(root).relative_to(tmp))}))
+                {"name": name, "cases": n, "seed": seed, "root": str(Path(root).relative_to(tmp)), "files": files}))
         if not marker.is_file():
             raise DataError(f"{final}: could not place the generated phantom")
     rel = json.loads(marker.read_text())["root"]
     return final / rel, info.format
+
+
+def _cache_problem(final: Path, marker: Path) -> str | None:
+    """Why a cached phantom cannot be served (None when every file its marker lists has the size written)."""
+    try:
+        files = json.loads(marker.read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return "its marker file is unreadable"
+    for rel, size in (files or {}).items():  # markers written before sizes were recorded: trusted
+        path = final / rel
+        if not path.is_file():
+            return f"{rel} is missing"
+        if path.stat().st_size != size:
+            return f"{rel} is {path.stat().st_size} bytes, expected {size}"
+    return None
 
 
 def _read(target: str, opts: dict, spec: str) -> VolumeSet:
