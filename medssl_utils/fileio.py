@@ -92,6 +92,18 @@ def atomic_folder(final: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def discard_folder(path: str | os.PathLike) -> None:
+    """Remove a broken folder (a cache entry to rebuild): renamed away first, so no reader picks it up
+    while it is deleted; nothing happens when another process discarded it first."""
+    path = Path(path)
+    gone = path.with_name(f".{path.name}.broken-{os.getpid()}")
+    try:
+        os.replace(path, gone)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(gone, ignore_errors=True)
+
+
 def _alive(pid: int) -> bool:
     """Whether process ``pid`` exists on this machine (a process of another user counts as alive)."""
     if pid == os.getpid():

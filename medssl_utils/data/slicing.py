@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -42,7 +41,7 @@ import torch.nn.functional as F
 from medssl_utils.cache import cache_root
 from medssl_utils.data.volume import Volume, VolumeSet
 from medssl_utils.errors import DataError, ParameterError
-from medssl_utils.fileio import atomic_folder
+from medssl_utils.fileio import atomic_folder, discard_folder
 from medssl_utils.progress import progress as progress_bar
 
 CACHE_FORMAT = 1
@@ -204,7 +203,7 @@ def slice_cache(vs: VolumeSet, prep: Preprocessing | None = None, *, image_size:
         if problem is None:
             return SliceCache(final)
         print(f"slice cache {final}: {problem}; rebuilding it", file=sys.stderr)
-        _discard(final)
+        discard_folder(final)
     return SliceCache(_build(vs, prep, final, progress))
 
 
@@ -258,15 +257,6 @@ def cache_problem(path: str | os.PathLike) -> str | None:
         return f"index.csv has {rows} rows, expected {n}"
     return None
 
-
-def _discard(path: Path) -> None:
-    """Move a broken cache entry out of the way (renamed first, so no reader picks it up), then delete it."""
-    gone = path.with_name(f".{path.name}.broken-{os.getpid()}")
-    try:
-        os.replace(path, gone)
-    except FileNotFoundError:
-        return  # another process discarded it first
-    shutil.rmtree(gone, ignore_errors=True)
 
 
 def _build(vs: VolumeSet, prep: Preprocessing, final: Path, progress: bool) -> Path:

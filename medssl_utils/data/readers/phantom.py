@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from medssl_utils.data.readers.base import Option, Reader
 from medssl_utils.data.readers.msd import read_msd
 from medssl_utils.data.volume import VolumeSet
 from medssl_utils.errors import DataError, ParameterError
-from medssl_utils.fileio import atomic_folder
+from medssl_utils.fileio import atomic_folder, discard_folder
 
 
 
@@ -53,12 +51,7 @@ def ensure_phantom(name: str, *, cases: int | None = None, seed: int = 0) -> tup
         problem = _cache_problem(final, marker)
         if problem:
             print(f"phantom cache {final}: {problem}; regenerating it", file=sys.stderr)
-            gone = final.with_name(f".{final.name}.broken-{os.getpid()}")
-            try:
-                os.replace(final, gone)
-            except FileNotFoundError:
-                pass  # another process discarded it first
-            shutil.rmtree(gone, ignore_errors=True)
+            discard_folder(final)
     if not marker.is_file():
         final.parent.mkdir(parents=True, exist_ok=True)
         with atomic_folder(final) as tmp:  # another process finished first: theirs is kept
