@@ -152,8 +152,8 @@ def format_status(rows: list[dict], study_name: str = "", every_run: bool = Fals
     stale = [(r, p) for r in rows for p in r.get("stale_temps") or ()]
     if stale:
         lines.append(f"{len(stale)} temporary file(s) left by writers that are no longer running "
-                     f"({size_text(p for _, p in stale)}; safe to delete: their writers are gone; starting or resuming "
-                     "an unfinished run removes its own):")
+                     f"({size_text(p for _, p in stale)}; no process of that id runs on this machine — on a cluster, "
+                     "check the run's job first; starting or resuming an unfinished run removes its own):")
         for r, p in stale:
             where = Path(p).relative_to(r["run_dir"]) if Path(p).is_relative_to(r["run_dir"]) else p
             lines.append(f"  {r['run_id']}: {where}")
