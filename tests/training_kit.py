@@ -9,11 +9,20 @@ from medssl_utils.training import loop
 
 TINY = dict(encoder="test_resnet", image_size=32, decoder_channels=(16, 8, 8, 8, 8), progress=False, device="cpu")
 DATA = "phantom:cardiac?cases=4"
+SMALL_BYOL = dict(hidden_dim=64, predictor_hidden_dim=64, projection_dim=16)
+
+
+def pre_epoch(run_dir, **kw):
+    """One epoch of small BYOL, no k-NN, probe or saved epochs (the faults' and protocol tests' stage)."""
+    args = dict(method="byol", datasets=[DATA], epochs=1, batch_size=16, save_epochs=[], knn_every=0, probe_every=0,
+                method_options=SMALL_BYOL, optimizer="adamw", log_every=1, run_dir=str(run_dir), **TINY)
+    args.update(kw)
+    return training.pretrain(**args)
 
 
 def pre(run_dir, **kw):
     args = dict(method="byol", datasets=[DATA], epochs=2, batch_size=48, max_steps=None, save_epochs=[1],
-                method_options=dict(hidden_dim=64, predictor_hidden_dim=64, projection_dim=16), optimizer="adamw",
+                method_options=SMALL_BYOL, optimizer="adamw",
                 knn_max_bank=64, knn_max_query=32, log_every=2, run_dir=str(run_dir), probe_every=0, **TINY)
     args.update(kw)
     return training.pretrain(**args)

@@ -22,17 +22,9 @@ from medssl_utils.training import loop
 from medssl_utils.training.lars import LARS
 from medssl_utils.training.probe import ProbeData, dense_probe, prepare_probe_data
 
-TINY = dict(encoder="test_resnet", image_size=32, decoder_channels=(16, 8, 8, 8, 8), progress=False, device="cpu")
-DATA = "phantom:cardiac?cases=4"
-SMALL_BYOL = dict(hidden_dim=64, predictor_hidden_dim=64, projection_dim=16)
+from training_kit import DATA, SMALL_BYOL, TINY
+from training_kit import pre_epoch as pre
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def pre(run_dir, **kw):
-    args = dict(method="byol", datasets=[DATA], epochs=1, batch_size=16, save_epochs=[], knn_every=0, probe_every=0,
-                method_options=SMALL_BYOL, optimizer="adamw", log_every=1, run_dir=str(run_dir), **TINY)
-    args.update(kw)
-    return training.pretrain(**args)
 
 
 def fin(run_dir, **kw):

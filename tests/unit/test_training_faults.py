@@ -16,16 +16,8 @@ from medssl_utils.training import loop
 from medssl_utils.training.evaluate import bn_recalibrated, evaluate_val, recalibration_rows
 from medssl_utils.training.pretrain import warmup_steps
 
-TINY = dict(encoder="test_resnet", image_size=32, decoder_channels=(16, 8, 8, 8, 8), progress=False, device="cpu")
-DATA = "phantom:cardiac?cases=4"
-SMALL_BYOL = dict(hidden_dim=64, predictor_hidden_dim=64, projection_dim=16)
-
-
-def pre(run_dir, **kw):
-    args = dict(method="byol", datasets=[DATA], epochs=1, batch_size=16, save_epochs=[], knn_every=0, probe_every=0,
-                method_options=SMALL_BYOL, optimizer="adamw", log_every=1, run_dir=str(run_dir), **TINY)
-    args.update(kw)
-    return training.pretrain(**args)
+from training_kit import DATA, SMALL_BYOL, TINY
+from training_kit import pre_epoch as pre
 
 
 def fin(run_dir, **kw):
