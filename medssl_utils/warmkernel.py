@@ -24,8 +24,10 @@ zygote kills its children and exits.
 Safety. ``fork()`` copies only the calling thread, so the zygote must not run other threads or
 initialise CUDA or OpenMP before forking: it imports modules and computes nothing, starts with
 one thread per library (``OMP_NUM_THREADS=1`` etc. until a child sets its own torch threads) and
-refuses to serve if an import left a thread running. GPU kernels initialise CUDA in the child,
-after the fork, as a fresh process would.
+refuses to serve if an import left a thread running or initialised CUDA. GPU kernels initialise
+CUDA in the child, after the fork, as a fresh process would — after taking the launcher's
+environment, so the ``CUDA_VISIBLE_DEVICES`` the study runner gave that kernel (``--gpus``)
+decides which GPUs it sees.
 """
 
 from __future__ import annotations
@@ -229,6 +231,11 @@ def serve(socket_path: str, preload: list[str]) -> int:
     if threading.active_count() != 1:
         names = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
         print(f"refused: importing the preload left threads running ({names}); fork would lose them", flush=True)
+        return 1
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        print("refused: importing the preload initialised CUDA; a forked kernel could not use the GPUs its "
+              "CUDA_VISIBLE_DEVICES names", flush=True)
         return 1
     parent = os.getppid()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -16,6 +16,7 @@ STUDIES = Path(__file__).resolve().parents[1] / "studies"
 
 BODY = """
 import json, os, pathlib, time
+started = time.time()
 run = pathlib.Path(run_dir)
 run.mkdir(parents=True, exist_ok=True)
 with open(log, "a") as f:
@@ -35,6 +36,8 @@ if KIND == "pretrain":
 if not leave_running:
     (run / "result.json").write_text(json.dumps({"status": "complete", "kind": KIND, "error": None}))
 (run / "seen.json").write_text(json.dumps({"cwd": os.getcwd(), "init": init, "seed": seed, "extra": extra,
+                                           "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                                           "started": started, "ended": time.time(), "devices": devices,
                                            "dataset": dataset, "datasets": datasets,
                                            "labelled_slices": labelled_slices,
                                            "labelled_fraction": labelled_fraction}))
@@ -60,6 +63,7 @@ def write_notebook(path: Path, kind: str) -> Path:
         labelled_fraction = None
         save_epochs = []
         sleep = 0
+        devices = 1
         """))
     params.metadata["tags"] = ["parameters"]
     nb.cells = [nbformat.v4.new_markdown_cell(f"# stand-in {kind}"), params,

@@ -21,6 +21,11 @@ def _cmd_run(args) -> int:
     if args.executor == "slurm" and args.workers is not None:
         raise ParameterError("--workers: only with --executor local; with --executor slurm, --max-jobs limits "
                              "the jobs queued or running at once")
+    local = {k: getattr(args, k) for k in ("gpus", "runs_per_gpu") if getattr(args, k) is not None}
+    if args.executor == "slurm" and local:
+        raise ParameterError(f"{', '.join('--' + k.replace('_', '-') for k in local)}: only with --executor local; "
+                             "with --executor slurm, --gpus-per-node gives each job its GPUs")
+    options = options or local
     if args.executor == "slurm" and args.cold_kernels:
         raise ParameterError("--cold-kernels: only with --executor local (each SLURM job starts its own kernel)")
     summary = run_study(args.study, workers=args.workers, dry_run=args.dry_run, force=args.force,
@@ -53,6 +58,12 @@ def add_cli(subparsers) -> None:
                                                             "execute nothing")
     run.add_argument("--force", action="store_true", help="re-run runs that are already complete")
     run.add_argument("--results-dir", default=None, metavar="DIR", help="override the study's results_dir")
+    run.add_argument("--gpus", default=None, metavar="IDS",
+                     help="local: GPUs to spread the runs over, one run per GPU through its kernel's "
+                          "CUDA_VISIBLE_DEVICES: ids as nvidia-smi numbers them (0,1,2,3) or 'all'; "
+                          "--workers then defaults to one per GPU")
+    run.add_argument("--runs-per-gpu", type=int, default=None, metavar="K",
+                     help="local, with --gpus: K runs share one GPU (default 1)")
     run.add_argument("--cold-kernels", action="store_true",
                      help="local: start every notebook kernel from scratch instead of forking it from one process "
                           "that imported torch & co. once (warm kernels, the default)")

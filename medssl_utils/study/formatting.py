@@ -125,8 +125,8 @@ def _relative(path: str, root: Path) -> str:
 # ============================================================================ status
 def format_status(rows: list[dict], study_name: str = "", every_run: bool = False) -> str:
     """Counts per state (a swept study's also ``awaits selection`` / ``not selected``), then per
-    stage / strategy; queued and running SLURM jobs with their ids; failed and skipped runs with
-    their errors."""
+    stage / strategy; queued and running SLURM jobs with their ids; the GPUs of running runs;
+    failed and skipped runs with their errors."""
     counts = Counter(r["state"] for r in rows)
     swept = any(r.get("combo") for r in rows)
     optional = ("queued", "unreadable") + (() if swept else SELECTION_STATES)
@@ -144,6 +144,11 @@ def format_status(rows: list[dict], study_name: str = "", every_run: bool = Fals
         lines.append("SLURM jobs queued or running (or whose state cannot be checked here):")
         for r in jobs:
             lines.append(f"  {r['state']:<9s} {r['run_id']}  job {r['job']} ({r['job_state']})")
+    held = [r for r in rows if r.get("gpus") and r["state"] == "running"]
+    if held:
+        lines.append("GPUs held by running runs:")
+        for r in held:
+            lines.append(f"  GPU {','.join(r['gpus']):<7s} {r['run_id']}")
     shown = rows if every_run else [r for r in rows if r["state"] in ("failed", "skipped", "unreadable")]
     if shown:
         lines.append("runs:" if every_run else "failed, skipped and unreadable runs:")

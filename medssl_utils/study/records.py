@@ -93,14 +93,17 @@ def cell_seeds(study: Study, run: Run) -> list[int]:
     return seeds or [run.seed]
 
 
-def write_study_json(study: Study, run: Run) -> None:
-    """``study.json``: which study, stage / strategy, task, budget, seed and init made this run; for
+def write_study_json(study: Study, run: Run, gpus: list[str] | None = None) -> None:
+    """``study.json``: which study, stage / strategy, task, budget, seed and init made this run, the
+    GPUs its kernel was given (``gpus``: ids as in ``CUDA_VISIBLE_DEVICES``, e.g. ``["2"]``; None
+    when nothing restricted them); for
     fine-tuning also its sweep combination (``combo``, ``sweep``: its values; None / {} without a
     sweep), the cell's ``grid`` (combination labels in study order), ``selection_seeds`` and ``seeds``,
     from which the analysis recomputes the selection (:mod:`medssl_utils.selection`)."""
     doc = {"study": study.name, "study_file": str(study.path), "run_id": run.id, "kind": run.kind,
            "stage" if run.kind == "pretrain" else "strategy": run.name, "task": run.task, "budget": run.budget,
-           "seed": run.seed, "init": run.init, "depends_on": list(run.deps)}
+           "seed": run.seed, "init": run.init, "depends_on": list(run.deps),
+           "gpus": None if gpus is None else [str(g) for g in gpus]}
     if run.kind == "finetune":
         doc.update({"combo": run.combo, "sweep": dict(run.sweep), "grid": list(run.grid),
                     "selection_seeds": list(run.selection_seeds), "seeds": cell_seeds(study, run)})

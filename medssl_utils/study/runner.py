@@ -22,6 +22,7 @@ from medssl_utils import selection as selection_rule
 from medssl_utils.errors import MedsslError
 from medssl_utils.fileio import stale_temps
 from medssl_utils.progress import progress as progress_bar
+from medssl_utils.rundir import read_json_object
 from medssl_utils.validate import check_int
 from medssl_utils.study.formatting import format_plan, format_summary
 from medssl_utils.study.checks import blocked_runs, check_parameters, preflight_problems
@@ -257,9 +258,11 @@ def run_study(path: str | os.PathLike, workers: int | None = None, dry_run: bool
         out: where the plan / summary is printed (default stdout).
         executor: ``"local"`` (this machine, the default), ``"slurm"`` (one SLURM job per run, via
             submitit), or an object with the :class:`Executor` interface.
-        executor_options: options of the slurm executor: resource overrides (``partition``,
-            ``time``, ``cpus_per_task``, ``gpus_per_node``, ``mem``, ``account``, ``qos``,
-            ``constraint``, ``sbatch``, ``setup``), ``max_jobs``, ``poll_s``.
+        executor_options: options of the local executor: ``gpus`` (ids or ``"all"``) and
+            ``runs_per_gpu`` (:class:`~medssl_utils.study.local.LocalExecutor`); of the slurm
+            executor: resource overrides (``partition``, ``time``, ``cpus_per_task``,
+            ``gpus_per_node``, ``mem``, ``account``, ``qos``, ``constraint``, ``sbatch``,
+            ``setup``), ``max_jobs``, ``poll_s``.
         warm_kernels: local executor with the default ``execute``: fork every kernel from one
             process that imported the libraries once (:mod:`medssl_utils.warmkernel`); False
             starts every kernel from scratch.
@@ -428,7 +431,8 @@ def study_status(study: Study | str | os.PathLike, results_dir: str | os.PathLik
     its own result.json: ``awaits selection`` — its cell's selection runs are not all complete — or
     ``not selected`` — they are and another combination won), ``error``, ``run_dir``, and ``job`` /
     ``job_state`` (the SLURM job id and state) for runs that have a SLURM job queued or running, and
-    ``stale_temps`` (temporary files of killed writers in the run directory) where there are any.
+    ``stale_temps`` (temporary files of killed writers in the run directory) where there are any,
+    and ``gpus`` (what ``study.json`` says the run's kernel was given) for a running run.
     Read from the run directories (and, when runs were submitted to SLURM, one ``sacct`` call):
     nothing is executed and no weights are checked.
     """
@@ -451,6 +455,10 @@ def study_status(study: Study | str | os.PathLike, results_dir: str | os.PathLik
                 state, error = "not selected", f"selection of {run.cell}: {cell.winner} won"
         row = {"run_id": run.id, "kind": run.kind, "name": run.name, "combo": run.combo, "state": state,
                "error": error, "run_dir": str(run.run_dir)}
+        if state == "running":
+            meta, _ = read_json_object(run.run_dir / "study.json")
+            if meta and meta.get("gpus"):
+                row["gpus"] = [str(g) for g in meta["gpus"]]
         stale = stale_temps(run.run_dir)
         if stale:
             row["stale_temps"] = [str(p) for p in stale]

@@ -22,7 +22,7 @@ needs_gpu = pytest.mark.skipif(not CUDA, reason="no CUDA GPU visible (benchmarks
 DATA = "phantom:cardiac?cases=4"
 SMALL = dict(encoder="resnet18", image_size=64, progress=False, device="cuda", channels_last=True)
 PRECISIONS = ["bf16-mixed", "16-mixed"]
-GPU_TESTS = 5  # the gpu-marked tests below (parametrised cases counted); the dry run checks they are collected
+GPU_TESTS = 6  # the gpu-marked tests below (parametrised cases counted); the dry run checks they are collected
 
 
 def _pretrain(run_dir, **kw):
@@ -85,6 +85,32 @@ def test_pretrain_then_finetune_chain_writes_predictions(tmp_path):
     labels = set(int(v) for v in torch.from_numpy(img.get_fdata()).unique().tolist())
     assert img.ndim == 3 and labels <= {0, 1, 2, 3}
     assert ft["device"].startswith("cuda") and ft["timings"]["images_per_s"] > 0
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_two_workers_share_one_gpu_through_the_study_runner(tmp_path):
+    """``medssl study run --gpus 0 --runs-per-gpu 2``: two fine-tuning notebooks at once on GPU 0, each
+    kernel seeing it as cuda:0 (its CUDA_VISIBLE_DEVICES), study.json recording ["0"]."""
+    import yaml
+
+    study = tmp_path / "two.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "two-on-one", "results_dir": str(tmp_path / "results"),
+        "defaults": {"encoder": "resnet18", "image_size": 64, "device": "cuda", "precision": "bf16-mixed"},
+        "finetune": {"dataset": DATA, "labelled_slices": [16], "seeds": [0], "params": {"max_steps": 40,
+                                                                                         "eval_every": 20},
+                     "strategies": {"a": "random", "b": "random"}}}))
+    proc = subprocess.run([sys.executable, "-m", "medssl_utils", "study", "run", str(study), "--gpus", "0",
+                           "--runs-per-gpu", "2"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": "0"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    runs = sorted((tmp_path / "results").glob("finetune/*/n16/seed0"))
+    assert len(runs) == 2
+    for rd in runs:
+        assert json.loads((rd / "study.json").read_text())["gpus"] == ["0"]
+        r = json.loads((rd / "result.json").read_text())
+        assert r["status"] == "complete" and r["device"].startswith("cuda")
 
 
 def test_gpu_tests_are_counted():

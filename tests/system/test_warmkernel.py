@@ -119,6 +119,24 @@ def test_a_preload_that_starts_a_thread_is_refused(tmp_path, monkeypatch):
         WarmKernels(preload=("threaded_mod",)).start()
 
 
+def test_a_preload_that_initialised_cuda_is_refused(tmp_path, monkeypatch):
+    """A zygote with CUDA initialised would give every forked kernel the runner's GPUs, whatever the
+    kernel's CUDA_VISIBLE_DEVICES (--gpus) says; without a GPU here, the preload pretends it did."""
+    (tmp_path / "cuda_mod.py").write_text("import torch\ntorch.cuda.is_initialized = lambda: True\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with pytest.raises(WarmKernelError, match="initialised CUDA"):
+        WarmKernels(preload=("torch", "cuda_mod")).start()
+
+
+def test_a_forked_kernel_sees_the_gpus_its_launcher_was_given(zygote, tmp_path, monkeypatch):
+    """The runner's CUDA_VISIBLE_DEVICES (the zygote's) is replaced by the one the kernel was given."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    src = _notebook(tmp_path / "nb.ipynb", "import os; print(os.environ.get('CUDA_VISIBLE_DEVICES'))")
+    out = pm.execute_notebook(str(src), str(tmp_path / "out.ipynb"), kernel_name="python3", progress_bar=False,
+                              kernel_manager_class=_manager(zygote), cwd=str(tmp_path))
+    assert out.cells[0].outputs[0]["text"].strip() == "3"
+
+
 def test_stopping_the_zygote_refuses_new_kernels():
     wk = WarmKernels(preload=("numpy",)).start()
     pid = wk.proc.pid
