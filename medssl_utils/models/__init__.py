@@ -11,11 +11,14 @@ Public names (imported lazily, so ``import medssl_utils.models`` stays cheap)::
                     lineage_stage, parent_lineage=(), extra=None) -> Path
     load_checkpoint(path) -> dict
     describe_lineage(lineage) -> str
+    export_encoder(checkpoint_or_state, path, *, encoder_name=None, in_channels=None, lineage=None) -> Path
+    load_exported(path, into=None) -> dict
 
 Submodules: ``unet`` (factory), ``init`` (the encoder initialisation entry point), ``init_spec``
 (what an ``init`` string means, checked without torch), ``convert`` (foreign checkpoints into an
 encoder), ``timm_weights`` (timm's pretrained weights, offline where a package ships them),
-``checkpoints`` (medssl checkpoint format and lineage).
+``checkpoints`` (medssl checkpoint format and lineage), ``export`` (the encoder alone, in timm's
+key names, as safetensors: docs/export.md).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ _EXPORTS = {
     "load_checkpoint": "checkpoints",
     "is_medssl_checkpoint": "checkpoints",
     "describe_lineage": "checkpoints",
+    "export_encoder": "export",
+    "load_exported": "export",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -14,8 +14,8 @@ from medssl_utils.data import load_dataset, make_split, MultiDomainDataset, slic
 from medssl_utils.data.splits import unlabelled_pool
 from medssl_utils.data.transforms import SSLAugment, ssl_preset
 from medssl_utils.errors import ParameterError
-from medssl_utils.models import (build_unet, decoder_state, describe_lineage, encoder_state, load_checkpoint,
-                                 save_checkpoint)
+from medssl_utils.models import (build_unet, decoder_state, describe_lineage, encoder_state, export_encoder,
+                                 load_checkpoint, save_checkpoint)
 from medssl_utils.models.knn import knn_evaluate
 from medssl_utils.progress import progress
 from medssl_utils.rundir import RunDir
@@ -288,6 +288,9 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
     loop.check_finite_weights(model, total, buffers=True)
     epochs_done = total / steps_per_epoch
     final = save_medssl(rd.checkpoints / "final.pt", round(epochs_done, 3) if epochs_done % 1 else int(epochs_done))
+    encoder_export = str(rd.checkpoints / "encoder.safetensors")  # the encoder alone, timm's names (docs/export.md)
+    if fabric.is_global_zero:
+        export_encoder(final, encoder_export)
     rd.flush_history()
 
     lineage = load_checkpoint(final)["lineage"]
@@ -297,6 +300,7 @@ def _pretrain(cfg: PretrainConfig, rd: RunDir, t0: float) -> dict:
         "status": "complete", "kind": "pretrain", "error": None, "method": cfg.method, "datasets": cfg.datasets,
         "init": cfg.init, "lineage": lineage, "lineage_name": describe_lineage(lineage), "steps": total,
         "epochs": epochs_done, "seed": cfg.seed, "slices_in_pool": n, "checkpoint": final, "checkpoints": checkpoints,
+        "encoder_export": encoder_export,
         "knn": {"by": data.knn_by, "first": knn_rows[0]["knn_acc"] if knn_rows else None,
                 "last": knn_rows[-1]["knn_acc"] if knn_rows else None,
                 "chance_majority": knn_rows[-1]["knn_chance_majority"] if knn_rows else None,
