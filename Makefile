@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned to the builds on this machine's disk (see docs/gpu.md)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev,cluster]'
+	$(PY) -m pip install -q -e '.[dev,cluster,tracking]'
 	$(PY) -m ipykernel install --prefix $(VENV) --name python3 >/dev/null
 	rm -f $(VENV)/.medssl-deps-*
 	touch $(STAMP)

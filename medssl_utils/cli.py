@@ -81,6 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default=None, help="output folder (default: DIR/report)")
     rp.set_defaults(func=_cmd_report)
     add_teach_cli(sub)
+    ex = sub.add_parser("export", help="replay finished runs' history.csv into TensorBoard event files or W&B "
+                                       "offline runs (needs the tracking extra)",
+                        description="Every complete run under RESULTS_DIR, step for step as in its history.csv. "
+                                    "tensorboard: OUT/<run id>/ (default RESULTS_DIR/tensorboard), then "
+                                    "`tensorboard --logdir OUT`; wandb: offline runs in OUT (default "
+                                    "RESULTS_DIR/wandb; project and group = the study, name = the run id), then "
+                                    "`wandb sync` their offline-run-* folders.")
+    ex.add_argument("tracker", choices=("tensorboard", "wandb"))
+    ex.add_argument("results_dir", metavar="RESULTS_DIR", help="a results folder holding run directories")
+    ex.add_argument("--out", default=None, help="where to write (default RESULTS_DIR/TRACKER)")
+    ex.add_argument("--force", action="store_true", help="wandb: export runs already exported again")
+    ex.set_defaults(func=_cmd_export)
     ref = sub.add_parser("reference", help="print docs/reference.md: dataset kinds and options, notebook "
                                            "parameters, study-file keys, claims (generated from the code)")
     ref.add_argument("--out", default=None, help="write it to this file instead (make reference: docs/reference.md)")
@@ -92,6 +104,14 @@ def _cmd_report(args) -> int:
     from medssl_utils.report.cli import run_cli  # pandas, seaborn, matplotlib: imported for this command only
 
     return run_cli(args)
+
+
+def _cmd_export(args) -> int:
+    from medssl_utils.training.tracking import export_runs  # pandas, and the tracker's package: this command only
+
+    done = export_runs(args.tracker, args.results_dir, args.out, force=args.force)
+    print(f"{args.tracker}: {len(done['exported'])} run(s) exported to {done['out']}, {len(done['skipped'])} skipped")
+    return 0
 
 
 def _cmd_reference(args) -> int:

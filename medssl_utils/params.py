@@ -140,15 +140,36 @@ def check_notebook(notebook: str | os.PathLike, namespace: Mapping):
     return out
 
 
+def papermill_annotation(type_text: str) -> str:
+    """The annotation a parameters cell writes for a declared type, in the form papermill's own
+    parameter reader accepts (``papermill --help-notebook``; its pattern allows word characters,
+    brackets, commas and spaces, optionally in quotes — no ``|``, no dots):
+    ``int | None`` → ``"Optional[int]"``, ``bool | str`` → ``"Union[bool, str]"``,
+    ``tuple[int, ...]`` → ``list[int]`` (the cell holds a list), ``str | os.PathLike`` → ``str``
+    (a notebook is given a path as text). A cell whose annotations use ``Optional`` / ``Union``
+    imports them from ``typing`` on its first line (papermill passes over that line)."""
+    import re
+
+    parts = [p.strip() for p in type_text.split("|")]
+    parts = [re.sub(r"^tuple\[(\w+), \.\.\.\]$", r"list[\1]", p) for p in parts if p != "os.PathLike"]
+    rest = [p for p in parts if p != "None"]
+    core = rest[0] if len(rest) == 1 else f"Union[{', '.join(rest)}]"
+    if len(rest) < len(parts):
+        core = f"Optional[{core}]"
+    return core
+
+
 #: A parameters-cell default that is not a Python literal (:func:`read_cell`).
 NOT_LITERAL = type("NotLiteral", (), {"__repr__": lambda self: "<not a literal>"})()
 
 
-def read_cell(notebook_path: str | os.PathLike) -> tuple[dict, list[str]]:
+def read_cell(notebook_path: str | os.PathLike, *, annotations: dict | None = None) -> tuple[dict, list[str]]:
     """``({name: default}, problems)`` of a notebook's parameters cell, read with ``ast``
     (a default that is not a literal is :data:`NOT_LITERAL`). ``problems``: no parameters cell,
-    or lines that are not ``name = value``. Raises :class:`ParameterError` when the file is not
-    a readable notebook."""
+    or lines that are not ``name: TYPE = value`` (or ``name = value``; ``from typing import …`` is
+    allowed). ``annotations``, when
+    given, receives ``{name: annotation text}`` (quotes kept; ``None`` for a line without one).
+    Raises :class:`ParameterError` when the file is not a readable notebook."""
     import ast
 
     import nbformat
@@ -168,16 +189,76 @@ def read_cell(notebook_path: str | os.PathLike) -> tuple[dict, list[str]]:
         body = ast.parse(code[index].source).body
     except SyntaxError as exc:
         return {}, [f"{path.name}: the parameters cell is not valid Python (line {exc.lineno})"]
+    source = code[index].source
     for node in body:
-        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
-            problems.append(f"{path.name}: the parameters cell holds more than 'name = value' lines "
+        if isinstance(node, ast.ImportFrom) and node.module == "typing":
+            continue  # the Optional / Union of the annotations
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            target, annotation = node.targets[0].id, None
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            target, annotation = node.target.id, ast.get_source_segment(source, node.annotation)
+        else:
+            problems.append(f"{path.name}: the parameters cell holds more than 'name: TYPE = value' lines "
                             f"(line {node.lineno})")
             continue
+        if annotations is not None:
+            annotations[target] = annotation
         try:
-            cell[node.targets[0].id] = ast.literal_eval(node.value)
+            cell[target] = ast.literal_eval(node.value)
         except ValueError:
-            cell[node.targets[0].id] = NOT_LITERAL
+            cell[target] = NOT_LITERAL
     return cell, problems
+
+
+def papermill_reading(notebook_path: str | os.PathLike) -> tuple[list, list[str]]:
+    """What papermill's own parameter reader (``papermill --help-notebook``, and the check behind its
+    "Passed unknown parameter" warning) finds in a notebook's parameters cell: ``(parameters,
+    warnings)``, each parameter with ``name``, ``inferred_type_name``, ``default`` and ``help``."""
+    import logging
+
+    import nbformat
+    from papermill.translators import PythonTranslator
+
+    nb = nbformat.read(Path(notebook_path), as_version=4)
+    cell = next((c for c in nb.cells if "parameters" in c.metadata.get("tags", [])), None)
+    if cell is None:
+        return [], []
+    caught: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: caught.append(record.getMessage())
+    logger = logging.getLogger("papermill")
+    logger.addHandler(handler)
+    try:
+        found = PythonTranslator.inspect(cell)
+    finally:
+        logger.removeHandler(handler)
+    return found, caught
+
+
+def papermill_disagreements(notebook_path: str | os.PathLike, cell: dict) -> list[str]:
+    """How papermill's reading of the parameters cell differs from Python's (``cell``, from
+    :func:`read_cell`): its warnings, parameters it does not see, and defaults or types it reads
+    otherwise (a line holding a second ``=`` is skipped by papermill — write ``\\x3d`` inside a
+    string)."""
+    import ast
+
+    path = Path(notebook_path)
+    found, warnings = papermill_reading(path)
+    problems = [f"{path.name}: papermill warns: {w}" for w in warnings]
+    seen = {p.name: p for p in found}
+    for name, value in cell.items():
+        if name not in seen:
+            problems.append(f"{path.name}: papermill does not see parameter {name} in the parameters cell")
+            continue
+        try:
+            same = _same(ast.literal_eval(seen[name].default), value)
+        except (ValueError, SyntaxError):
+            same = False
+        if value is not NOT_LITERAL and not same:
+            problems.append(f"{path.name}: papermill reads the default of {name} as {seen[name].default!r}")
+        if seen[name].inferred_type_name == "None":
+            problems.append(f"{path.name}: papermill reads no type for parameter {name} (annotate it)")
+    return problems
 
 
 def _same(a, b) -> bool:
@@ -200,8 +281,16 @@ def cell_disagreements(notebook_path: str | os.PathLike) -> list[str]:
 
     path = Path(notebook_path)
     name = notebook_name(path)
-    cell, problems = read_cell(path)
+    annotations: dict = {}
+    cell, problems = read_cell(path, annotations=annotations)
     params = declared(name)
+    for p, annotation in annotations.items():
+        if p in params and annotation != papermill_annotation(params[p].type):
+            problems.append(f"{path.name}: parameter {p} is annotated {annotation} in the parameters cell; expected "
+                            f"{papermill_annotation(params[p].type)} (its declared type {params[p].type} in the form "
+                            "papermill reads)")
+    if not problems:
+        problems += papermill_disagreements(path, cell)
     problems += [f"{path.name}: parameter {p} has no literal default" for p, v in cell.items() if v is NOT_LITERAL]
     problems += [f"{path.name}: parameter {p} is declared but not in the parameters cell" for p in params
                  if p not in cell]

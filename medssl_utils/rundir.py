@@ -82,6 +82,7 @@ class RunDir:
         self.checkpoints = self.path / "checkpoints"
         self.rows: list[dict] = []
         self.writer = writer
+        self.trackers: list = []  # medssl_utils.training.tracking: each row goes to them too (rank 0)
 
     @property
     def result_path(self) -> Path:
@@ -118,6 +119,21 @@ class RunDir:
 
     def log(self, row: dict) -> None:
         self.rows.append(row)
+        if self.writer:
+            for tracker in self.trackers:
+                tracker.log(row)
+
+    def close_trackers(self, result: dict | None) -> None:
+        """Finish every tracker (with the run's result: its lineage and test metrics), even if one fails."""
+        trackers, self.trackers = self.trackers, []
+        errors = []
+        for tracker in trackers:
+            try:
+                tracker.close(result)
+            except Exception as exc:  # noqa: BLE001 - a tracker's failure must not hide the run's own outcome
+                errors.append(f"{tracker.name}: {type(exc).__name__}: {exc}")
+        if errors:
+            print(f"{self.path}: could not finish tracker(s): " + "; ".join(errors))
 
     def flush_history(self) -> None:
         if self.rows and self.writer:

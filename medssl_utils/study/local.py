@@ -6,7 +6,6 @@ runs) and the thread-pool executor behind ``medssl study run --executor local``
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import threading
@@ -65,7 +64,6 @@ class PapermillEngine:
                  env: dict[str, str] | None = None) -> None:
         import papermill as pm
 
-        _quiet_papermill_inference()
         started: list = []
         try:
             pm.execute_notebook(str(notebook), str(output), parameters=parameters, kernel_name=self.kernel_name,
@@ -124,26 +122,6 @@ class PapermillEngine:
                     pass
 
 
-
-
-class _InferenceNoise(logging.Filter):
-    """Drops papermill's parameter-inference warnings. Its inspection of a parameters cell cannot
-    read a line with two ``=`` (``dataset = "phantom:cardiac?cases=32"``), warns "Unable to parse
-    line", then calls the parameter "unknown" although the notebook has it. The runner checks every
-    parameter against the notebooks' own declaration before any run starts (``medssl_utils.params``),
-    so these warnings only hid real messages in a study's log."""
-
-    _NOISE = ("Unable to parse line ", "Passed unknown parameter: ")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith(self._NOISE)
-
-
-def _quiet_papermill_inference() -> None:
-    for name in ("papermill", "papermill.translators"):  # a logger's filters see only its own records
-        log = logging.getLogger(name)
-        if not any(isinstance(f, _InferenceNoise) for f in log.filters):
-            log.addFilter(_InferenceNoise())
 
 
 def execute_run(study: Study, run: Run, *, force: bool = False, execute: NotebookEngine | None = None,

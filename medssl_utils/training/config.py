@@ -13,6 +13,7 @@ from medssl_utils.models.init_spec import check_init
 from medssl_utils.models.methods import METHODS as SSL_METHODS
 from medssl_utils.models.methods import method_class
 from medssl_utils.models.unet import check_decoder_channels, check_encoder_name
+from medssl_utils.training.tracking import check_trackers
 from medssl_utils.validate import check_field_types, check_int, check_keywords, check_number
 
 METHODS = tuple(SSL_METHODS)  # models.methods: the table of SSL methods
@@ -34,7 +35,7 @@ RECIPES = {
     "work-a": {"lr": 1e-4, "warmup": (1, 15), "warmup_start_lr": 1e-6, "grad_clip": 5.0, "loss": "jaccard"},
 }
 # parameters that do not change what a run computes (may differ when resuming)
-_RUNTIME_KEYS = {"device", "progress", "num_workers", "overwrite", "run_dir", "log_every", "devices"}
+_RUNTIME_KEYS = {"device", "progress", "num_workers", "overwrite", "run_dir", "log_every", "devices", "trackers"}
 
 
 class TrainingError(MedsslError):
@@ -64,6 +65,8 @@ class _Common:
     progress: bool | str = "auto"
     overwrite: bool = False
     run_dir: str | os.PathLike | None = None
+    # the same curves to TensorBoard / W&B (offline) too; history.csv stays the record (training.tracking)
+    trackers: tuple[str, ...] = ()
 
     def _check_common(self) -> None:
         check_field_types(self)  # each field's annotation: the declaration of the notebooks' parameters
@@ -88,12 +91,14 @@ class _Common:
         if self.grad_clip is not None:  # fine-tuning: None is the recipe's
             check_number("grad_clip", self.grad_clip, 0, None, what="a finite number >= 0 (0 disables clipping)")
         self.decoder_channels = check_decoder_channels(self.decoder_channels)
+        self.trackers = check_trackers(self.trackers)
         if self.run_dir is None or not str(self.run_dir).strip():
             raise ParameterError("run_dir: expected a folder for this run's outputs")
 
     def as_params(self) -> dict:
         d = dataclasses.asdict(self)
         d["decoder_channels"] = list(self.decoder_channels)
+        d["trackers"] = list(self.trackers)
         return d
 
 

@@ -21,6 +21,7 @@ from medssl_utils.fileio import atomic_file, remove_stale_temps
 from medssl_utils.rundir import RunDir, now
 from medssl_utils.training.config import _RUNTIME_KEYS, DEVICES, PRECISIONS, TrainingError
 from medssl_utils.training.lars import LARS, WORK_A_LARS
+from medssl_utils.training.tracking import open_trackers
 
 
 def in_notebook_kernel() -> bool:
@@ -296,16 +297,23 @@ def unwrap(module):
 
 def run_guarded(cfg, kind: str, body) -> dict:
     """Prepare the run directory, return a finished result as is, else run ``body``; a failure
-    is recorded in ``result.json`` (status ``failed``, one-line error) and re-raised."""
+    is recorded in ``result.json`` (status ``failed``, one-line error) and re-raised. The run's
+    ``trackers`` (:mod:`medssl_utils.training.tracking`) are open while ``body`` runs (rank 0)."""
     rd, done = prepare_run(cfg, kind)
     if done:
         return done
     t0 = time.perf_counter()
+    result = None
     try:
-        return body(cfg, rd, t0)
+        if rd.writer and cfg.trackers:
+            rd.trackers = open_trackers(cfg.trackers, rd.path, rd.read_params())
+        result = body(cfg, rd, t0)
+        return result
     except (MedsslError, RuntimeError, ValueError) as exc:
         _fail(rd, kind, exc, t0)
         raise
+    finally:
+        rd.close_trackers(result or {"status": "failed"})
 
 
 def optimise(fabric, model, optimizer, loss, grad_clip: float, frozen=()) -> None:

@@ -66,26 +66,26 @@ def _edited_copy(tmp_path: Path, name: str, edit) -> Path:
 
 def test_a_disagreeing_parameters_cell_is_detected(tmp_path):
     def typo(cell, _):
-        cell.source = cell.source.replace("recalibrate_bn = 64", "recalibrate_bm = 64")
+        cell.source = cell.source.replace("recalibrate_bn: int = 64", "recalibrate_bm: int = 64")
 
     found = params.cell_disagreements(_edited_copy(tmp_path, "02_finetune", typo))
     assert any("recalibrate_bn is declared but not in the parameters cell" in p for p in found)
     assert any("recalibrate_bm is in the parameters cell but not declared" in p for p in found)
 
     def other_default(cell, _):  # a valid value, but not the config class's
-        cell.source = cell.source.replace("image_size = 64", "image_size = 128")
+        cell.source = cell.source.replace("image_size: int = 64", "image_size: int = 128")
 
     found = params.cell_disagreements(_edited_copy(tmp_path, "02_finetune", other_default))
     assert found == ["02_finetune.ipynb: parameter image_size defaults to 128 in the parameters cell but to 64 in "
                      "FinetuneConfig (one set of defaults: change the class, then the cell)"]
 
     def list_for_tuple(cell, _):  # [64, 32, ...] in the cell is the class's tuple: the same default
-        assert "decoder_channels = [64, 32, 16, 16, 16]" in cell.source
+        assert "decoder_channels: list[int] = [64, 32, 16, 16, 16]" in cell.source
 
     assert params.cell_disagreements(_edited_copy(tmp_path, "02_finetune", list_for_tuple)) == []
 
     def bad_default(cell, _):
-        cell.source = cell.source.replace("knn_every = 0", "knn_every = -1")
+        cell.source = cell.source.replace("knn_every: int = 0", "knn_every: int = -1")
 
     found = params.cell_disagreements(_edited_copy(tmp_path, "01_pretrain", bad_default))
     assert found[0] == ("01_pretrain.ipynb: the parameters cell's defaults fail the checks: knn_every=-1: "
@@ -96,6 +96,44 @@ def test_a_disagreeing_parameters_cell_is_detected(tmp_path):
 
     found = params.cell_disagreements(_edited_copy(tmp_path, "02_finetune", hand_made_check))
     assert found and "does not call" in found[0]
+
+
+def test_a_parameters_line_papermill_cannot_read_is_detected(tmp_path):
+    """papermill skips a line holding a second '=' (in a string or a comment) and then calls the
+    parameter unknown; a missing or wrong annotation leaves --help-notebook without its type."""
+    def equals_in_string(cell, _):
+        cell.source = cell.source.replace("cases\\x3d32", "cases=32")
+
+    found = params.cell_disagreements(_edited_copy(tmp_path, "02_finetune", equals_in_string))
+    assert found[0].startswith("02_finetune.ipynb: papermill warns: Unable to parse line 3 'dataset: str ")
+    assert "02_finetune.ipynb: papermill does not see parameter dataset in the parameters cell" in found
+
+    def equals_in_comment(cell, _):
+        cell.source = cell.source.replace("eval_every: int = 50", "eval_every: int = 50  # e.g. eval_every=25")
+
+    found = params.cell_disagreements(_edited_copy(tmp_path, "02_finetune", equals_in_comment))
+    assert "02_finetune.ipynb: papermill does not see parameter eval_every in the parameters cell" in found
+
+    def no_annotation(cell, _):
+        cell.source = cell.source.replace("eval_every: int = 50", "eval_every = 50")
+
+    found = params.cell_disagreements(_edited_copy(tmp_path, "02_finetune", no_annotation))
+    assert found == ["02_finetune.ipynb: parameter eval_every is annotated None in the parameters cell; expected "
+                     "int (its declared type int in the form papermill reads)"]
+
+    def union_unquoted(cell, _):
+        cell.source = cell.source.replace("lr: Optional[float] = None", "lr: float | None = None")
+
+    found = params.cell_disagreements(_edited_copy(tmp_path, "02_finetune", union_unquoted))
+    assert found and "parameter lr is annotated float | None" in found[0]
+
+
+def test_papermill_annotations_of_the_declared_types():
+    a = params.papermill_annotation
+    assert [a("int"), a("list[str]"), a("dict"), a("tuple[int, ...]"), a("str | os.PathLike")] == [
+        "int", "list[str]", "dict", "list[int]", "str"]
+    assert [a("float | None"), a("bool | str"), a("str | os.PathLike | None"), a("str | list[str]")] == [
+        "Optional[float]", "Union[bool, str]", "Optional[str]", "Union[str, list[str]]"]
 
 
 @pytest.mark.parametrize("name", params.NOTEBOOKS)

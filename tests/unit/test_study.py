@@ -151,26 +151,6 @@ def test_interrupt_stops_running_kernels(tmp_path, nbs):
     assert result(study.runs[0].run_dir)["status"] == "failed" and not executor._live
 
 
-def test_papermill_inference_warnings_stay_out_of_a_study_log(tmp_path, caplog):
-    """papermill cannot parse a parameters line with two '=' and then calls the parameter unknown;
-    the runner checks parameters itself, so these two warnings are dropped (only them)."""
-    import logging
-
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell('dataset = "phantom:cardiac?cases=3"  # the quick study\'s data', metadata={
-            "tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("import pathlib; pathlib.Path('seen.txt').write_text(dataset)")],
-        metadata={"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}})
-    nbformat.write(nb, tmp_path / "p.ipynb")
-    with caplog.at_level(logging.INFO, logger="papermill"):
-        st.PapermillEngine()(tmp_path / "p.ipynb", tmp_path / "out.ipynb", {"dataset": "natural"}, tmp_path)
-        logging.getLogger("papermill").warning("Passed unknown parameter? no: other warnings still pass")
-    assert (tmp_path / "seen.txt").read_text() == "natural"
-    messages = [r.getMessage() for r in caplog.records]
-    assert not [m for m in messages if "Unable to parse" in m or m.startswith("Passed unknown parameter:")]
-    assert "Passed unknown parameter? no: other warnings still pass" in messages
-
-
 # ============================================================================ in-process runs
 def test_timm_arms_are_skipped_offline_with_the_reason(tmp_path, nbs, capsys):
     path = make_study(tmp_path, nbs, defaults={"log": str(tmp_path / "log.txt"), "encoder": "resnet18"}, pretrain={
