@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -49,6 +50,8 @@ def wandb_records(path: Path) -> list:
         if length == 0 and kind == 0:  # block padding
             pos += left
             continue
+        if pos + 7 + length > len(data):  # the last record is still being written
+            break
         payload, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
         if kind == 1:
             payloads.append(payload)
@@ -67,12 +70,22 @@ def wandb_records(path: Path) -> list:
     return records
 
 
-def wandb_run(folder: Path) -> dict:
-    """The one offline run under ``folder``: its identity, config and history rows."""
+def wandb_run(folder: Path, wait_s: float = 60) -> dict:
+    """The one offline run under ``folder``: its identity, config and history rows. W&B's service
+    process writes the file after ``finish()`` returns (in a loaded CI run its records were not on
+    disk yet when first read), so this waits up to ``wait_s`` for the run's exit record."""
     files = sorted(folder.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 1, files
+    deadline = time.monotonic() + wait_s
+    while True:
+        records = wandb_records(files[0])
+        kinds = [r.WhichOneof("record_type") for r in records]
+        if "exit" in kinds or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert "run" in kinds and "exit" in kinds, f"{files[0]}: records {kinds}"
     out: dict = {"history": [], "config": {}}
-    for r in wandb_records(files[0]):
+    for r in records:
         kind = r.WhichOneof("record_type")
         if kind == "run":
             out.update(project=r.run.project, group=r.run.run_group, name=r.run.display_name, id=r.run.run_id)
