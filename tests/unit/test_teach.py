@@ -122,3 +122,109 @@ def test_byol_outputs_give_the_loss_medssl_trains_with():
     mine = -0.5 * (cos(out["p1"], out["t2"]).mean() + cos(out["p2"], out["t1"]).mean())
     assert float(mine) == pytest.approx(out["loss"], abs=1e-6)
     assert not np.isclose(out["loss"], float(-cos(out["p1"], out["t1"]).mean()))  # the views are crossed
+
+
+# ============================================================================ nbgrader's format
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+
+
+def _solutions() -> dict[str, str]:
+    """{function name: its reference solution cell} over the notebooks."""
+    import re
+
+    out = {}
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            src = "".join(cell["source"])
+            if "solution" in cell.get("metadata", {}).get("tags", []) and cell["cell_type"] == "code":
+                out[re.findall(r"^def (\w+)\(", src, flags=re.M)[0]] = src
+    return out
+
+
+def _grade(solution: str, test: str) -> None:
+    """Run a graded test against ``solution`` in a fresh namespace (as a notebook kernel would)."""
+    import pandas as pd
+    import torch
+
+    namespace = {"np": np, "torch": torch, "pd": pd}
+    exec(solution, namespace)  # noqa: S102 - the notebooks' own solution cells
+    exec(test, namespace)  # noqa: S102
+
+
+#: A plausible wrong answer per exercise: the graded test must fail on it.
+WRONG = {
+    "normalise_mr": ("(clipped - clipped.mean()) / clipped.std()", "(clipped - image.mean()) / image.std()"),
+    "byol_loss": ("t.detach()", "t"),
+    "dice_per_structure": ("if total else 1.0", "if total else 0.0"),
+    "test_error_by_cell": ("err.std(ddof=1)", "err.std(ddof=0)"),
+}
+
+
+def test_every_code_exercise_has_a_graded_test_written_against_values():
+    assert set(_solutions()) == set(teach.GRADED_TESTS)
+    for name, test in teach.GRADED_TESTS.items():
+        assert "medssl" not in test and "teach." not in test, name  # values, never medssl's own functions
+        assert f"{name}(" in test and "assert" in test
+
+
+@pytest.mark.parametrize("name", sorted(teach.GRADED_TESTS))
+def test_graded_tests_pass_the_reference_and_fail_stubs_and_wrong_answers(name):
+    solution = _solutions()[name]
+    _grade(solution, teach.GRADED_TESTS[name])
+    import re
+
+    stub = re.sub(r"### BEGIN SOLUTION.*### END SOLUTION", teach.CODE_STUB, solution, flags=re.S)
+    with pytest.raises(NotImplementedError):
+        _grade(stub, teach.GRADED_TESTS[name])
+    right, wrong = WRONG[name]
+    assert right in solution
+    with pytest.raises(AssertionError):
+        _grade(solution.replace(right, wrong), teach.GRADED_TESTS[name])
+
+
+def test_nbgrader_source_marks_solutions_tests_answers_and_questions(tmp_path):
+    written = teach.make_nbgrader_course(tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in written["source"]] == [
+        f"source/{n}/{n}.ipynb" for n in ("00_explore_data", "01_pretrain", "02_finetune", "03_analysis")]
+    config = (tmp_path / "nbgrader_config.py").read_text()
+    assert "c.Execute.timeout = 3600" in config and repr(teach.CODE_STUB) in config
+    nb = json.loads((tmp_path / "source" / "02_finetune" / "02_finetune.ipynb").read_text())
+    meta = [(c["cell_type"], c["metadata"]["nbgrader"]) for c in nb["cells"] if "nbgrader" in c["metadata"]]
+    kinds = [(t, m["grade_id"], m["solution"], m["grade"], m["locked"], m.get("points")) for t, m in meta]
+    assert kinds == [
+        ("markdown", "graded_banner", False, False, True, None),
+        ("markdown", "exercise_1", False, False, True, None),
+        ("markdown", "answer_1", True, True, False, teach.WRITTEN_POINTS),
+        ("markdown", "exercise_2", False, False, True, None),
+        ("code", "solution_dice_per_structure", True, False, False, None),
+        ("code", "check_dice_per_structure", False, False, True, None),
+        ("code", "test_dice_per_structure", False, True, True, teach.CODE_POINTS),
+    ]
+    assert all(m["schema_version"] == 3 for _, m in meta)
+    ids = [c["id"] for c in nb["cells"]]
+    assert len(set(ids)) == len(ids)
+    test = next(c for c in nb["cells"]
+                if c["metadata"].get("nbgrader", {}).get("grade_id") == "test_dice_per_structure")
+    assert test["source"] == teach.GRADED_TESTS["dice_per_structure"]
+
+
+def test_nbgrader_course_refuses_an_ungraded_code_solution_and_edited_sources(tmp_path, capsys):
+    src = tmp_path / "nbs"
+    src.mkdir()
+    nb = {"cells": [{"cell_type": "markdown", "metadata": {"tags": ["exercise"]}, "source": "Write f."},
+                    {"cell_type": "code", "metadata": {"tags": ["solution"]}, "outputs": [], "execution_count": None,
+                     "source": "def f(x):\n    ### BEGIN SOLUTION\n    return x\n    ### END SOLUTION\n"}],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    (src / "lab.ipynb").write_text(json.dumps(nb))
+    with pytest.raises(DataError, match=r"lab.ipynb: cell 1: a code solution graded by nbgrader must define one of"):
+        teach.make_nbgrader_course(tmp_path / "course", src)
+    assert not (tmp_path / "course").exists()
+    out = tmp_path / "c2"
+    assert main(["teach", str(out), "--format", "nbgrader"]) == 0
+    assert "4 labs in" in capsys.readouterr().out
+    edited = out / "source" / "01_pretrain" / "01_pretrain.ipynb"
+    edited.write_text(edited.read_text().replace("Graded lab", "Graded lab (week 3)"))
+    with pytest.raises(DataError, match="01_pretrain.ipynb"):
+        teach.make_nbgrader_course(out)
+    teach.make_nbgrader_course(out, force=True)
+    assert list(edited.parent.glob("01_pretrain.edited-*.ipynb"))
