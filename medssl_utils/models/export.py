@@ -34,10 +34,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from medssl_utils import __version__
 from medssl_utils.errors import DataError, ParameterError
 from medssl_utils.fileio import atomic_file
 from medssl_utils.models.checkpoints import (describe_lineage, is_medssl_checkpoint, load_checkpoint, smp_encoder,
                                              unwrap_model, validate_checkpoint)
+from medssl_utils.models.unet import check_encoder_name
 from medssl_utils.rundir import now
 from medssl_utils.validate import check_int
 
@@ -192,9 +194,6 @@ def export_encoder(source, path: str | os.PathLike, *, encoder_name: str | None 
     """
     from safetensors.torch import save_file
     import timm
-
-    from medssl_utils import __version__
-    from medssl_utils.models.unet import check_encoder_name
 
     ckpt, where = _source_checkpoint(source, encoder_name, in_channels, lineage)
     try:
