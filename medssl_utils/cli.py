@@ -14,6 +14,7 @@ from pathlib import Path
 
 from medssl_utils import __version__
 from medssl_utils.errors import MedsslError, ParameterError
+from medssl_utils.site import add_cli as add_site_cli
 from medssl_utils.study import add_cli as add_study_cli
 from medssl_utils.teach import add_cli as add_teach_cli
 
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default=None, help="output folder (default: DIR/report)")
     rp.set_defaults(func=_cmd_report)
     add_teach_cli(sub)
+    add_site_cli(sub)
     ex = sub.add_parser("export", help="replay finished runs' history.csv into TensorBoard event files or W&B "
                                        "offline runs (needs the tracking extra)",
                         description="Every complete run under RESULTS_DIR, step for step as in its history.csv. "
