@@ -312,3 +312,28 @@ class VolumeBrowserView:
         """One slice further (back when at the last slice), from the keyboard."""
         top = int(float(self.handle.get_attribute("aria-valuemax")))
         self.handle.press("ArrowRight" if int(self.state()["z"]) < top else "ArrowLeft")
+
+
+def browser_unavailable(reason: str):
+    """Skip the test, or fail it when MEDSSL_REQUIRE_BROWSER=1 (``.ci/run`` sets it)."""
+    import pytest
+
+    if os.environ.get("MEDSSL_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{reason} (MEDSSL_REQUIRE_BROWSER=1)")
+    pytest.skip(reason)
+
+
+def chromium_session():
+    """A generator for a pytest fixture: the system chromium through playwright, closed afterwards."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        browser_unavailable("playwright is not installed (pip install -e '.[dev]')")
+    chromium = find_chromium()
+    if chromium is None:
+        browser_unavailable("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it) "
+                            "and MEDSSL_CHROMIUM names no browser")
+    with sync_playwright() as pw:
+        b = launch_chromium(pw, chromium)
+        yield b
+        b.close()

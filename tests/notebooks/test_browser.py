@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from labdriver import REPO, Lab, NotebookPage, VolumeBrowserView, find_chromium, launch_chromium, parameterised
+from labdriver import REPO, Lab, NotebookPage, VolumeBrowserView, chromium_session, parameterised
 
 REDRAW_TARGET_S = 0.3
 REDRAW_LIMIT_S = 5 * REDRAW_TARGET_S
@@ -39,26 +39,9 @@ CARDIAC = "phantom:cardiac?cases=4"
 pytestmark = pytest.mark.slow
 
 
-def _unavailable(reason: str):
-    if os.environ.get("MEDSSL_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"{reason} (MEDSSL_REQUIRE_BROWSER=1)")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("playwright is not installed (pip install -e '.[dev]')")
-    chromium = find_chromium()
-    if chromium is None:
-        _unavailable("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it) "
-                     "and MEDSSL_CHROMIUM names no browser")
-    with sync_playwright() as pw:
-        b = launch_chromium(pw, chromium)
-        yield b
-        b.close()
+    yield from chromium_session()
 
 
 @pytest.fixture(scope="module")

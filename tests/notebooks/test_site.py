@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import html as htmlmod
 import json
-import os
 import re
 import subprocess
 import sys
@@ -21,17 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from labdriver import REPO, find_chromium, launch_chromium
+from labdriver import REPO, chromium_session
 from medssl_utils import site
 from medssl_utils.errors import DataError
 
 NOTEBOOKS = REPO / "notebooks"
-
-
-def _unavailable(reason: str):
-    if os.environ.get("MEDSSL_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"{reason} (MEDSSL_REQUIRE_BROWSER=1)")
-    pytest.skip(reason)
 
 
 def _words(text: str) -> list[str]:
@@ -210,18 +203,7 @@ def test_student_edition_has_no_solution_text(built):
 
 @pytest.fixture(scope="module")
 def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("playwright is not installed (pip install -e '.[dev]')")
-    chromium = find_chromium()
-    if chromium is None:
-        _unavailable("Debian's chromium is not installed (apt-get install chromium; .ci/run installs it) "
-                     "and MEDSSL_CHROMIUM names no browser")
-    with sync_playwright() as pw:
-        b = launch_chromium(pw, chromium)
-        yield b
-        b.close()
+    yield from chromium_session()
 
 
 FIGURE_JS = """async () => { const imgs = [...document.querySelectorAll('article img')];
