@@ -14,6 +14,7 @@ Which strategies a claim compares is read from each run's *role* (its lineage;
   domain; named as a stand-in in the row);
 - Work B: ``multi-domain`` (HSSL on several domains), ``specialist`` (the same SSL on the
   target domain alone), ``scratch``.
+
 Strategies named ``NAME@<E>ep`` (pretraining-epochs ablation) enter only A2.
 
 Statistics. Runs are **paired by seed**: at one dataset and label budget, the same seed draws

@@ -113,9 +113,9 @@ def volume_metrics(pred, gt, spacing: Sequence[float], labels) -> dict[int, dict
         labels: foreground class ids, e.g. ``[1, 2, 3]``, or a dict ``{1: "RV", 2: "MYO", 3: "LV"}``.
 
     Returns:
-        ``{label: {"dice", "hd", "hd95", "gt_empty", "pred_empty", "gt_volume_ml",
-        "pred_volume_ml"[, "name"]}}`` in the order of ``labels``; distances in mm, Dice in
-        [0, 1]; empty structures follow the module docstring's conventions.
+        ``{label: {"dice", "hd", "hd95", "gt_empty", "pred_empty", "gt_volume_ml", "pred_volume_ml"[, "name"]}}``
+        in the order of ``labels``; distances in mm, Dice in [0, 1]; empty structures follow the module
+        docstring's conventions.
     """
     ids, names = _check_labels(labels)
     pred, gt = _check_pair(pred, gt, (2, 3))
@@ -300,8 +300,8 @@ def summarize_slice_iou(iou: np.ndarray, labels) -> dict:
         labels: the same ``labels`` that produced ``iou``.
 
     Returns:
-        ``{"per_label": {label: {"iou_mean", "iou_std", "n", "n_absent"[, "name"]}},
-        "work_a_mean_iou": float, "n_slices": int}``: ``iou_mean``/``iou_std`` (ddof=0) over the
+        ``{"per_label": {label: {"iou_mean", "iou_std", "n", "n_absent"[, "name"]}}, "work_a_mean_iou": float,``
+        ``"n_slices": int}``, where ``iou_mean``/``iou_std`` (ddof=0) are over the
         ``n`` slices where the label is in pred or gt; ``n_absent`` slices (absent from both) are
         excluded. ``work_a_mean_iou`` scores an absent label 1.0, averages over labels per slice,
         then over slices (Work A's headline number when labels are ``[0, 1, 2, 3]``).

@@ -341,7 +341,7 @@ class SSLAugment(_Describe):
     whole image.
 
     Call: ``view1, view2 = aug(images, generator)`` with images (B, C, H, W) float; each
-    view is (B, C, *output_size), same dtype and device. ``aug.view(images, generator,
+    view is ``(B, C, *output_size)``, same dtype and device. ``aug.view(images, generator,
     index)`` returns one view using the probabilities of view ``index`` (0 or 1).
     """
 
@@ -391,7 +391,7 @@ class SSLAugment(_Describe):
         return v1, v2, th1, th2
 
     def view(self, images: torch.Tensor, generator: torch.Generator, index: int = 0) -> torch.Tensor:
-        """One augmented view (B, C, *output_size) using the probabilities of view ``index``."""
+        """One augmented view ``(B, C, *output_size)`` using the probabilities of view ``index``."""
         return self._view(images, generator, index)[0]
 
     def _view(self, images: torch.Tensor, generator: torch.Generator, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -476,8 +476,8 @@ class SegAugment(_Describe):
     blur and additive noise, with the same meaning as in :class:`SSLAugment`.
 
     Call: ``images, masks = aug(images, masks, generator)`` with images (B, C, H, W) float
-    and masks (B, H, W) integer (or ``None``); returns images (B, C, *output_size) and
-    masks (B, *output_size) of the input dtypes.
+    and masks (B, H, W) integer (or ``None``); returns images ``(B, C, *output_size)`` and
+    masks ``(B, *output_size)`` of the input dtypes.
     """
 
     output_size: int | tuple[int, int] | None = _p(None, "(H, W) of the random crop; None = no crop")

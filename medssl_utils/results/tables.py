@@ -429,7 +429,7 @@ def probe_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 def encoder_shift_table(runs: pd.DataFrame) -> pd.DataFrame:
     """How far each arm's encoder moved: per (dataset, strategy, budget) the fine-tuning runs'
-    ``encoder_shift`` (median over conv weights of |W - W0| / |W0|, from the init), mean and SD over
+    ``encoder_shift`` (median over conv weights of ``|W - W0| / |W0|``, from the init), mean and SD over
     seeds, beside the shift of the pretraining stage the init came from (from its own start)."""
     ft = finetune_runs(runs)
     ft = ft[ft["encoder_shift"].notna()]

@@ -106,8 +106,8 @@ def ellipse_sdf(x: np.ndarray, y: np.ndarray, a, b) -> np.ndarray:
     """Approximate signed distance (mm, <0 inside) to an axis-aligned ellipse.
 
     ``x``, ``y`` are coordinates relative to the centre (mm); ``a``, ``b`` the semi-axes
-    along x and y (mm, broadcastable). Uses the first-order estimate (q-1)/|grad q| with
-    q = sqrt((x/a)^2 + (y/b)^2), which is exact on the boundary and good near it.
+    along x and y (mm, broadcastable). Uses the first-order estimate ``(q-1)/|grad q|`` with
+    ``q = sqrt((x/a)^2 + (y/b)^2)``, which is exact on the boundary and good near it.
     """
     a = np.maximum(a, 1e-3)
     b = np.maximum(b, 1e-3)
@@ -286,7 +286,7 @@ class Canvas:
 def ellipsoid_sdf(x, y, z, radii) -> np.ndarray:
     """Approximate signed distance (mm, <0 inside) to an axis-aligned ellipsoid at the origin.
 
-    First-order estimate (q-1)/|grad q| with q = |(x/a, y/b, z/c)|; exact on the surface.
+    First-order estimate ``(q-1)/|grad q|`` with ``q = |(x/a, y/b, z/c)|``; exact on the surface.
     """
     a, b, c = (max(float(r), 1e-3) for r in radii)
     xa, yb, zc = x / a, y / b, z / c

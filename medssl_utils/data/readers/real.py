@@ -7,37 +7,37 @@ domain and task ``real`` (``real-CT``, ``real-MR+CR``… when filtered by modali
 regions appended when filtered by region) and group = the modality when one remains, else
 ``mixed``.
 
-============================  ============  ========  =========  =============================================
-name                          from          modality  region     what
-============================  ============  ========  =========  =============================================
-``ct-head``                   pydicom-data  CT        head       axial head CT slice, 512², 5 mm (pydicom
-                                                                 issue #693 regression file, uncompressed)
-``ct-head-enhanced``          pydicom-data  CT        head       Enhanced CT, 2 frames 512², 10 mm apart
-                                                                 (NEMA multi-frame CT sample CT0012)
-``ct-spine``                  pydicom       CT        spine      axial CT through a vertebra, 128² (NEMA WG04
-                                                                 CT1, downsized)
-``mr-shoulder``               pydicom-data  MR        shoulder   shoulder MR, 1024² (NEMA WG04 MR2)
-``mr-abdomen``                pydicom-data  MR        abdomen    axial abdominal MR (liver, kidneys), 484²,
-                                                                 Siemens (GDCM sample)
-``mr-head-enhanced``          pydicom-data  MR        head       Enhanced MR, 10 frames 64² (no geometry:
-                                                                 frames stacked)
-``xr-chest``                  pydicom-data  CR        chest      PA chest radiograph, 1841×1955, Philips CR
-                                                                 (NEMA WG04 RG1; its PixelSpacing is 0: pixels)
-``xr-tibia``                  pydicom-data  CR        leg        AP radiograph of the distal tibia
-                                                                 (non-ossifying fibroma), 1760², Fuji CR
-                                                                 (NEMA WG04 RG3)
-``us-lymph-node``             pydicom-data  US        lymph-node B-mode ultrasound of a lymph node, RGB 640×480
-                                                                 (NEMA WG04 US1; the site is not stated)
-``us-heart``                  pydicom-data  US        heart      transoesophageal echocardiogram, RGB 256×120
-``nm-whole-body``             pydicom-data  NM        body       whole-body bone scintigraphy, 256×1024
-                                                                 (NEMA WG04 NM1)
-``mr-brain-epi``              nibabel       MR        brain      EPI (BOLD) brain MR, 128×96×24, 2×2×2.2 mm
-                                                                 (first of the 2 volumes of example4d.nii.gz)
-``mr-brain-t1-small``         nibabel       MR        brain      T1 brain MR, 33×41×25, 2 mm (anatomical.nii)
-``mr-brain-colin27``          mricron       MR        brain      Colin27 T1 average (Holmes et al. 1998), 1 mm,
-                                                                 181×217×181, labelled with the AAL atlas
-                                                                 (116 regions, Tzourio-Mazoyer et al. 2002)
-============================  ============  ========  =========  =============================================
+============================  ============  ========  ===========  =============================================
+name                          from          modality  region       what
+============================  ============  ========  ===========  =============================================
+``ct-head``                   pydicom-data  CT        head         axial head CT slice, 512², 5 mm (pydicom
+                                                                   issue #693 regression file, uncompressed)
+``ct-head-enhanced``          pydicom-data  CT        head         Enhanced CT, 2 frames 512², 10 mm apart
+                                                                   (NEMA multi-frame CT sample CT0012)
+``ct-spine``                  pydicom       CT        spine        axial CT through a vertebra, 128² (NEMA WG04
+                                                                   CT1, downsized)
+``mr-shoulder``               pydicom-data  MR        shoulder     shoulder MR, 1024² (NEMA WG04 MR2)
+``mr-abdomen``                pydicom-data  MR        abdomen      axial abdominal MR (liver, kidneys), 484²,
+                                                                   Siemens (GDCM sample)
+``mr-head-enhanced``          pydicom-data  MR        head         Enhanced MR, 10 frames 64² (no geometry:
+                                                                   frames stacked)
+``xr-chest``                  pydicom-data  CR        chest        PA chest radiograph, 1841×1955, Philips CR
+                                                                   (NEMA WG04 RG1; its PixelSpacing is 0: pixels)
+``xr-tibia``                  pydicom-data  CR        leg          AP radiograph of the distal tibia
+                                                                   (non-ossifying fibroma), 1760², Fuji CR
+                                                                   (NEMA WG04 RG3)
+``us-lymph-node``             pydicom-data  US        lymph-node   B-mode ultrasound of a lymph node, RGB 640×480
+                                                                   (NEMA WG04 US1; the site is not stated)
+``us-heart``                  pydicom-data  US        heart        transoesophageal echocardiogram, RGB 256×120
+``nm-whole-body``             pydicom-data  NM        body         whole-body bone scintigraphy, 256×1024
+                                                                   (NEMA WG04 NM1)
+``mr-brain-epi``              nibabel       MR        brain        EPI (BOLD) brain MR, 128×96×24, 2×2×2.2 mm
+                                                                   (first of the 2 volumes of example4d.nii.gz)
+``mr-brain-t1-small``         nibabel       MR        brain        T1 brain MR, 33×41×25, 2 mm (anatomical.nii)
+``mr-brain-colin27``          mricron       MR        brain        Colin27 T1 average (Holmes et al. 1998), 1 mm,
+                                                                   181×217×181, labelled with the AAL atlas
+                                                                   (116 regions, Tzourio-Mazoyer et al. 2002)
+============================  ============  ========  ===========  =============================================
 
 Sources and licences: ``pydicom-data`` (PyPI, MIT; its 73 DICOM files are inside the wheel,
 under ``data_store/data``, and are read from there — nothing is downloaded), ``pydicom``'s own
