@@ -37,7 +37,7 @@ from torch import nn
 
 from medssl_utils.errors import ParameterError
 from medssl_utils.validate import check_int, check_number
-from medssl_utils.models.ssl_common import SSLMethod, check_features, check_views, pooled
+from medssl_utils.models.ssl_common import SSLMethod, check_features, check_views, check_views_mode, per_view, pooled
 
 __all__ = ["BYOL", "auto_base_momentum", "momentum_schedule"]
 
@@ -88,6 +88,10 @@ class BYOL(SSLMethod, nn.Module):
         base_momentum: the target momentum at the first step (cosine to 1.0 at the last), or
             ``"auto"`` (default): :func:`auto_base_momentum` of the run's length — BYOL's 0.99
             for runs of 922 steps or more, lower for shorter runs.
+        views: ``"separate"`` (default: each view its own batch through online and target, as BYOL's
+            paper, lightly and solo-learn do) or ``"batched"`` (both views in one batch: faster on a
+            CPU, but BatchNorm sees both views' statistics together;
+            :func:`~medssl_utils.models.ssl_common.per_view`).
 
     Shapes: representation ``(B, feature_dim)`` -> projection ``(B, projection_dim)`` ->
     prediction ``(B, projection_dim)``. Target encoder and projector are deep copies made
@@ -96,8 +100,9 @@ class BYOL(SSLMethod, nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, feature_dim: int, projection_dim: int = 256, hidden_dim: int = 4096,
-                 predictor_hidden_dim: int = 4096, base_momentum: float | str = "auto"):
+                 predictor_hidden_dim: int = 4096, base_momentum: float | str = "auto", views: str = "separate"):
         super().__init__()
+        self.views = check_views_mode(views)
         if base_momentum != "auto" and (not isinstance(base_momentum, (int, float)) or isinstance(base_momentum, bool)
                                         or not 0.0 <= base_momentum <= 1.0):
             raise ParameterError(f"base_momentum={base_momentum!r} must be 'auto' or a number in [0, 1]")
@@ -140,9 +145,8 @@ class BYOL(SSLMethod, nn.Module):
         collapse monitor (about ``1/sqrt(projection_dim)`` when healthy, 0 when collapsed).
         """
         check_views(view1, view2)
-        z1, p1 = self._online(view1)
-        z2, p2 = self._online(view2)
-        t1, t2 = self._target(view1), self._target(view2)
+        (z1, p1), (z2, p2) = per_view(self._online, view1, view2, self.views)
+        t1, t2 = per_view(self._target, view1, view2, self.views)
         loss = 0.5 * (self.criterion(p1, t2) + self.criterion(p2, t1))
         with torch.no_grad():
             z_std = nn.functional.normalize(torch.cat([z1, z2]).float(), dim=1).std(dim=0).mean()

@@ -71,7 +71,9 @@ from medssl_utils.models.ssl_common import (
     SSLMethod,
     check_features,
     check_views,
+    check_views_mode,
     contrastive_accuracy,
+    per_view,
     pooled,
 )
 
@@ -167,14 +169,17 @@ class HSSL(SSLMethod, nn.Module):
         dense_dim, dense_hidden_dim: its projection head (decoder_dim -> hidden -> dense_dim).
         dense_temperature: its NT-Xent temperature.
         standardize: z-score each view per image before the network (no intensity-range shortcut).
+        views: ``"separate"`` (default: each view its own batch through encoder and decoder) or
+            ``"batched"`` (both views in one batch; :func:`~medssl_utils.models.ssl_common.per_view`).
     """
 
     def __init__(self, unet: nn.Module, num_tasks: int, num_groups: int, weights: dict | None = None,
                  temperature: float = 0.1, projection_dim: int = 128, hidden_dim: int = 2048,
                  pretrain_decoder: bool = True, decoder_dim: int | None = None, gather_distributed: bool = True,
                  dense_grid: int = 6, dense_dim: int = 64, dense_hidden_dim: int = 256,
-                 dense_temperature: float = 0.2, standardize: bool = True):
+                 dense_temperature: float = 0.2, standardize: bool = True, views: str = "separate"):
         super().__init__()
+        self.views = check_views_mode(views)
         self.weights = _check_weights(DEFAULT_WEIGHTS if weights is None else weights)
         self.num_tasks = check_int("num_tasks", num_tasks, 1)
         self.num_groups = check_int("num_groups", num_groups, 1)
@@ -305,7 +310,7 @@ class HSSL(SSLMethod, nn.Module):
         b = view1.shape[0]
         device = view1.device
         dense = self.dense_head is not None
-        reps1, reps2 = self.representations(view1, keep_map=dense), self.representations(view2, keep_map=dense)
+        reps1, reps2 = per_view(lambda v: self.representations(v, keep_map=dense), view1, view2, self.views)
         total = view1.new_zeros(())
         logs: dict[str, torch.Tensor] = {}
 

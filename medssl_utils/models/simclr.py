@@ -23,7 +23,9 @@ from medssl_utils.models.ssl_common import (
     SSLMethod,
     check_features,
     check_views,
+    check_views_mode,
     contrastive_accuracy,
+    per_view,
     pooled,
 )
 
@@ -40,14 +42,18 @@ class SimCLR(SSLMethod, nn.Module):
         hidden_dim: hidden width of the 2-layer projection head (SimCLR: 2048).
         temperature: NT-Xent temperature (> 0; SimCLR used 0.1 to 0.5 depending on batch size).
         gather_distributed: gather negatives from all processes under DDP.
+        views: ``"separate"`` (default: each view its own batch through the encoder) or ``"batched"``
+            (both views in one batch, so BatchNorm normalises over all 2B images;
+            :func:`~medssl_utils.models.ssl_common.per_view`).
 
     Shapes: images ``(B, C, H, W)`` -> representation ``(B, feature_dim)`` -> projection
     ``(B, projection_dim)``.
     """
 
     def __init__(self, encoder: nn.Module, feature_dim: int, projection_dim: int = 128, hidden_dim: int = 2048,
-                 temperature: float = 0.1, gather_distributed: bool = True):
+                 temperature: float = 0.1, gather_distributed: bool = True, views: str = "separate"):
         super().__init__()
+        self.views = check_views_mode(views)
         self.feature_dim = check_int("feature_dim", feature_dim, 1)
         check_int("projection_dim", projection_dim, 1)
         check_int("hidden_dim", hidden_dim, 1)
@@ -71,7 +77,6 @@ class SimCLR(SSLMethod, nn.Module):
         partner; see :func:`~medssl_utils.models.ssl_common.contrastive_accuracy`).
         """
         check_views(view1, view2)
-        z1 = self.projector(self.embed(view1))
-        z2 = self.projector(self.embed(view2))
+        z1, z2 = per_view(lambda v: self.projector(self.embed(v)), view1, view2, self.views)
         loss = self.criterion(z1, z2)
         return loss, {"loss": loss.detach(), "contrast_acc": contrastive_accuracy(z1, z2)}

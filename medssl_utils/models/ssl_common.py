@@ -3,6 +3,7 @@
 - :func:`pooled` turns what an encoder returns into one vector per image.
 - :func:`check_views` validates a pair of augmented views before any model runs.
 - :func:`contrastive_accuracy` is a cheap progress signal for contrastive losses.
+- :func:`per_view` runs a network on both views, one view at a time or both in one batch (``views``).
 - :func:`check_dim` / :func:`check_positive` validate constructor arguments.
 - :class:`SSLMethod`: what the pretraining loop asks of every method, with the common answers.
 
@@ -19,7 +20,10 @@ import torch.nn.functional as F
 
 from medssl_utils.errors import ParameterError
 
-__all__ = ["SSLMethod", "check_views", "contrastive_accuracy", "pooled"]
+__all__ = ["SSLMethod", "VIEWS", "check_views", "check_views_mode", "contrastive_accuracy", "per_view", "pooled"]
+
+#: How a method runs its networks on the two views (the constructors' ``views`` option).
+VIEWS = ("separate", "batched")
 
 
 def pooled(features: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
@@ -65,6 +69,43 @@ def check_views(view1: torch.Tensor, view2: torch.Tensor) -> None:
         )
     if view1.shape[0] < 2:
         raise ParameterError(f"a batch of at least 2 images is needed; got {view1.shape[0]}")
+
+
+def check_views_mode(views) -> str:
+    """``views`` must be one of :data:`VIEWS`."""
+    if views not in VIEWS:
+        raise ParameterError(f"views={views!r}: expected one of {list(VIEWS)}")
+    return views
+
+
+def per_view(fn, view1: torch.Tensor, view2: torch.Tensor, views: str = "separate"):
+    """``(fn(view1), fn(view2))``: two calls, or, with ``views="batched"``, one call on both views.
+
+    ``"separate"`` (the default; BYOL's paper, lightly and solo-learn) runs each view as its own batch,
+    so every BatchNorm normalises a view with that view's batch statistics. ``"batched"`` runs
+    ``fn(cat([view1, view2]))`` once and splits what it returns (a tensor, or a tuple / list / dict
+    of them, split along dim 0) into the two views' halves: the same arithmetic in half as many
+    (twice as large) operator calls, which is faster where a step is bound by per-operator overhead
+    (small images on a CPU; ``benchmarks/train_throughput.py``), but BatchNorm then normalises with
+    the statistics of both views together and updates its running statistics once per step, not
+    twice. docs/training.md ("Pretraining speed") says what that changed on the probe.
+    """
+    if views == "separate":
+        return fn(view1), fn(view2)
+    check_views_mode(views)
+    return _halves(fn(torch.cat([view1, view2])), view1.shape[0])
+
+
+def _halves(out, b: int):
+    if isinstance(out, torch.Tensor):
+        return out[:b], out[b:]
+    if isinstance(out, dict):
+        parts = {k: _halves(v, b) for k, v in out.items()}
+        return {k: v[0] for k, v in parts.items()}, {k: v[1] for k, v in parts.items()}
+    if isinstance(out, (list, tuple)):
+        parts = [_halves(v, b) for v in out]
+        return type(out)(p[0] for p in parts), type(out)(p[1] for p in parts)
+    raise ParameterError(f"per_view: cannot split a {type(out).__name__} into the two views' halves")
 
 
 @torch.no_grad()

@@ -2,7 +2,8 @@
 
 ``build_unet`` returns ``smp.Unet(encoder_name="tu-<encoder>", encoder_weights=None, ...)``
 and initialises its encoder with :func:`~medssl_utils.models.init.load_encoder_init`, so the
-model carries ``model.medssl_init`` (what was loaded, and the lineage of the weights).
+model carries ``model.medssl_init`` (what was loaded, and the lineage of the weights). Its depthwise
+convolutions get the faster CPU weight gradient of :mod:`medssl_utils.models.depthwise`.
 
 Shapes: input ``(B, in_channels, H, W)`` with ``H`` and ``W`` divisible by ``2**encoder_depth``
 (32 by default), output logits ``(B, num_classes, H, W)``.
@@ -20,6 +21,7 @@ from torch import nn
 from medssl_utils.errors import ParameterError
 from medssl_utils.validate import check_int
 from medssl_utils.models.convert import MIN_MATCH
+from medssl_utils.models.depthwise import use_fast_depthwise
 from medssl_utils.models.init import load_encoder_init
 from medssl_utils.models.init_spec import check_init
 
@@ -107,6 +109,7 @@ def build_unet(encoder: str = "resnet18", num_classes: int = 4, init: str | os.P
         raise ParameterError(f"build_unet(encoder={encoder!r}, decoder_channels={decoder_channels}, "
                              f"options={options}): segmentation_models_pytorch refused it: {e}") from e
     load_encoder_init(model, init, **init_options)
+    use_fast_depthwise(model)
     return model
 
 
@@ -131,6 +134,7 @@ def build_encoder(encoder: str = "resnet18", init: str | os.PathLike = "random",
     except (TypeError, ValueError, RuntimeError, KeyError, AssertionError) as e:
         raise ParameterError(f"build_encoder(encoder={encoder!r}, depth={depth}, options={options}): {e}") from e
     load_encoder_init(enc, init, weights_key=weights_key, min_match=min_match)
+    use_fast_depthwise(enc)
     return enc
 
 

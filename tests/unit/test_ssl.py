@@ -510,3 +510,93 @@ def test_embed_dataset_and_probe(multi_domain):
     assert 0.0 <= acc <= 1.0
     with pytest.raises(ParameterError):
         knn_probe(model, multi_domain, multi_domain, by="organ")
+
+
+# --------------------------------------------------------------------------- views: separate or batched
+def _three_methods(multi_domain, views: str):
+    """BYOL, SimCLR and HSSL over identically initialised tiny U-Nets, each with ``views``."""
+    out = {}
+    for name in ("byol", "simclr", "hssl"):
+        unet = tiny_unet(seed=3)
+        torch.manual_seed(5)
+        if name == "byol":
+            out[name] = BYOL(unet.encoder, feature_dim(unet), projection_dim=32, hidden_dim=64,
+                             predictor_hidden_dim=64, views=views)
+        elif name == "simclr":
+            out[name] = SimCLR(unet.encoder, feature_dim(unet), **SMALL, views=views)
+        else:
+            out[name] = HSSL(unet, num_tasks=len(multi_domain.tasks), num_groups=len(multi_domain.groups), **SMALL,
+                             views=views)
+    return out
+
+
+def _loss_and_grads(method, batch, gen_seed: int = 7):
+    v1, v2, th1, th2 = AUG.views_with_geometry(batch["image"], torch.Generator().manual_seed(gen_seed))
+    extra = (batch["task"], batch["group"], th1, th2) if isinstance(method, HSSL) else ()
+    loss, _ = method(v1, v2, *extra)
+    method.zero_grad(set_to_none=True)
+    loss.backward()
+    return float(loss), {k: p.grad.clone() for k, p in method.named_parameters() if p.grad is not None}
+
+
+def test_batched_views_compute_the_same_loss_and_gradients_without_batch_statistics(multi_domain):
+    """With BatchNorm on running statistics (eval mode) nothing depends on the batch, so running both views
+    as one batch must give the separate form's loss and every gradient (to float rounding)."""
+    batch = batch_of(multi_domain, 8)
+    separate, batched = _three_methods(multi_domain, "separate"), _three_methods(multi_domain, "batched")
+    for name in separate:
+        a, b = separate[name].eval(), batched[name].eval()
+        assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters())), name
+        la, ga = _loss_and_grads(a, batch)
+        lb, gb = _loss_and_grads(b, batch)
+        assert la == pytest.approx(lb, rel=1e-5, abs=1e-6), name
+        assert ga.keys() == gb.keys() and len(ga) > 4, name
+        for k in ga:
+            scale = float(ga[k].abs().max())  # some gradients are ~0 by symmetry: compare on the tensor's scale
+            torch.testing.assert_close(ga[k], gb[k], rtol=1e-4, atol=1e-5 * max(scale, 1e-3), msg=f"{name}: {k}")
+
+
+def test_batched_views_normalise_over_both_views_in_training_mode(multi_domain):
+    """In training mode the two forms differ where BatchNorm does: the batched form's statistics pool both
+    views and its running statistics are updated once per step, the separate form's twice."""
+    batch = batch_of(multi_domain, 8)
+    separate, batched = _three_methods(multi_domain, "separate"), _three_methods(multi_domain, "batched")
+    for name in separate:
+        la, _ = _loss_and_grads(separate[name], batch)
+        lb, _ = _loss_and_grads(batched[name], batch)
+        assert la != pytest.approx(lb, rel=1e-4), name
+        bn = lambda m: next(x for x in m.encoder.modules() if isinstance(x, nn.BatchNorm2d))
+        assert int(bn(separate[name]).num_batches_tracked) == 2 * int(bn(batched[name]).num_batches_tracked), name
+    # BYOL's target network runs its own batch too: one forward per view, or one for both
+    tbn = lambda m: next(x for x in m.target_encoder.modules() if isinstance(x, nn.BatchNorm2d))
+    assert (int(tbn(separate["byol"]).num_batches_tracked), int(tbn(batched["byol"]).num_batches_tracked)) == (2, 1)
+
+
+def test_per_view_splits_what_the_network_returns():
+    from medssl_utils.models.ssl_common import per_view
+
+    calls = []
+
+    def net(x):
+        calls.append(x.shape[0])
+        return {"a": x * 2, "b": (x + 1, [x.sum(dim=1)])}
+
+    v1, v2 = torch.randn(3, 2), torch.randn(3, 2)
+    for views in ("separate", "batched"):
+        calls.clear()
+        o1, o2 = per_view(net, v1, v2, views)
+        assert calls == ([3, 3] if views == "separate" else [6])
+        torch.testing.assert_close(o1["a"], v1 * 2)
+        torch.testing.assert_close(o2["b"][0], v2 + 1)
+        torch.testing.assert_close(o2["b"][1][0], v2.sum(dim=1))
+    with pytest.raises(ParameterError, match="views='both'"):
+        per_view(net, v1, v2, "both")
+    with pytest.raises(ParameterError, match="cannot split a str"):
+        per_view(lambda x: "text", v1, v2, "batched")
+
+
+@pytest.mark.parametrize("make", [lambda views: BYOL(nn.Identity(), 8, 4, 8, 8, views=views),
+                                  lambda views: SimCLR(nn.Identity(), 8, 4, 8, views=views)])
+def test_methods_refuse_an_unknown_views_mode(make):
+    with pytest.raises(ParameterError, match=r"views='together': expected one of \['separate', 'batched'\]"):
+        make("together")
