@@ -137,7 +137,11 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     assert res["env"]["torch"] == torch.__version__ and res["env"]["cuda_available"] == CUDA
     assert res["tests"]["collected"] == GPU_TESTS
     tp = res["throughput"]
-    assert tp["device"] == "cpu" and tp["byol_in_memory_images_per_s"] > 0 and tp["finetune_pipeline_images_per_s"] > 0
+    rows = {row["what"]: row for row in tp["rows"]}
+    assert tp["device"] == "cpu" and rows.keys() == {"byol", "finetune"}
+    for row in rows.values():
+        assert row["pipeline"] > 0 and row["in_memory"] > 0 and row["model_only"] > 0 and row["gflop_per_image"] > 0
+        assert row["share_of_matmul"] == pytest.approx(row["achieved_gflop_per_s"] / tp["matmul_gflop_per_s"], abs=2e-3)
     assert "gpu_check.json" in proc.stdout
 
 
