@@ -50,6 +50,18 @@ def pytest_collection_modifyitems(config, items):
 APPLEDOUBLE = bytes.fromhex("00051607") + b"\x00" * 80
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (other work shares the CPU cores; one thread is faster than two
+    contended ones), restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _session_cache(tmp_path_factory):
     """One cache folder for the whole session, never the user's: generated phantoms and slice

@@ -14,11 +14,8 @@ from medssl_utils.models.depthwise import DepthwiseConv2d, depthwise_weight_grad
 
 
 @pytest.fixture(autouse=True)
-def _one_thread_and_switch():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread_and_switch(one_thread):
     yield
-    torch.set_num_threads(threads)
     depthwise.FAST_WEIGHT_GRAD = True
 
 

@@ -33,12 +33,8 @@ SMALL = dict(projection_dim=32, hidden_dim=64)
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
+def _one_thread(one_thread):
     """Other work shares the CPU cores; one thread is faster than two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_unet(encoder: str = "tu-test_resnet", seed: int = 0) -> smp.Unet:
