@@ -1,0 +1,113 @@
+"""Two ways of running one training step, interleaved on one model: the depthwise weight gradient
+(models/depthwise.py) on and off, or BYOL's views separate and batched.
+
+    python benchmarks/step_ab.py [--compare depthwise|views] [--blocks 8] [--steps 8] [--threads 1]
+        [--out FILE]
+
+This machine's speed drifts from minute to minute (its one-thread matmul read 57-100 GFLOP/s within
+an hour), so two runs of ``train_throughput.py`` cannot tell a 10-20 % change. Here one model and one
+batch are stepped in alternating blocks of ``--steps`` steps with ``FAST_WEIGHT_GRAD`` on and off
+(``--blocks`` pairs, the order flipped every pair; ``--compare views``: ``byol.views`` "batched" and
+"separate" instead, medssl's depthwise gradient on, BYOL only), so drift hits both alike; the ratio of each pair's
+images/s is reported as median and range. Model-only steps (views / augmented batch made once) at the
+quick study's setting: BYOL (separate views, batch 16, hidden 1024 / projection 128) and fine-tuning
+(batch 8), tf_efficientnet_lite0 at 64 px, decoder 64-32-16-16-16, channels_last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--compare", choices=("depthwise", "views"), default="depthwise")
+    ap.add_argument("--blocks", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from medssl_utils.losses import segmentation_loss
+    from medssl_utils.models import build_unet, depthwise
+    from medssl_utils.models.byol import BYOL
+    from medssl_utils.training.loop import make_optimizer
+
+    torch.set_num_threads(args.threads)
+    cl = torch.channels_last
+    dec = (64, 32, 16, 16, 16)
+    gen = torch.Generator().manual_seed(0)
+
+    torch.manual_seed(0)
+    unet = build_unet("tf_efficientnet_lite0", num_classes=2, decoder_channels=dec)
+    byol = BYOL(unet.encoder, unet.encoder.out_channels[-1], hidden_dim=1024, projection_dim=128).to(memory_format=cl)
+    opt = make_optimizer("adamw", byol, 1e-3, 1e-4)
+    v1, v2 = (torch.randn(16, 1, 64, 64, generator=gen).contiguous(memory_format=cl) for _ in range(2))
+
+    def byol_step():
+        loss, _ = byol(v1, v2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        byol.update_target(0, 100)
+
+    torch.manual_seed(0)
+    model = build_unet("tf_efficientnet_lite0", num_classes=4, decoder_channels=dec).to(memory_format=cl)
+    opt2 = make_optimizer("adam", model, 1e-4, 0.0)
+    loss_fn = segmentation_loss("dice_ce", num_classes=4)
+    x = torch.randn(8, 1, 64, 64, generator=gen).contiguous(memory_format=cl)
+    y = torch.randint(0, 4, (8, 64, 64), generator=gen)
+
+    def ft_step():
+        loss = loss_fn(model(x), y)
+        opt2.zero_grad(set_to_none=True)
+        loss.backward()
+        opt2.step()
+
+    def switch(flag: bool) -> None:  # True: the candidate (medssl's gradient / batched views)
+        if args.compare == "depthwise":
+            depthwise.FAST_WEIGHT_GRAD = flag
+        else:
+            byol.views = "batched" if flag else "separate"
+
+    labels = ("PyTorch's", "medssl's") if args.compare == "depthwise" else ("separate", "batched")
+    results = {"compare": args.compare, "threads": args.threads, "blocks": args.blocks, "steps": args.steps}
+    steps = (("byol", byol_step, 16), ("finetune", ft_step, 8))
+    for name, step, batch in (steps if args.compare == "depthwise" else steps[:1]):
+        for flag in (False, True):  # warm-up, both paths
+            switch(flag)
+            for _ in range(3):
+                step()
+        rates = {True: [], False: []}
+        for k in range(args.blocks):
+            for flag in ((False, True) if k % 2 == 0 else (True, False)):
+                switch(flag)
+                t0 = time.perf_counter()
+                for _ in range(args.steps):
+                    step()
+                rates[flag].append(args.steps * batch / (time.perf_counter() - t0))
+        depthwise.FAST_WEIGHT_GRAD, byol.views = True, "separate"
+        ratios = [f / t for f, t in zip(rates[True], rates[False])]
+        results[name] = {"labels": labels, "base_images_per_s": rates[False], "candidate_images_per_s": rates[True],
+                         "median_base": statistics.median(rates[False]),
+                         "median_candidate": statistics.median(rates[True]),
+                         "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+        r = results[name]
+        print(f"{name:9s} model-only img/s, median of {args.blocks}: {labels[0]} {r['median_base']:.1f}, "
+              f"{labels[1]} {r['median_candidate']:.1f}; ratio median {r['ratio_median']:.3f} "
+              f"(range {r['ratio_min']:.3f}-{r['ratio_max']:.3f})", flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
