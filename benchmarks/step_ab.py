@@ -1,15 +1,16 @@
 """Two ways of running one training step, interleaved on one model: the depthwise weight gradient
-(models/depthwise.py) on and off, or BYOL's views separate and batched.
+(models/depthwise.py) on and off, BYOL's views separate and batched, or BYOL at batch 16 and 32.
 
-    python benchmarks/step_ab.py [--compare depthwise|views] [--blocks 8] [--steps 8] [--threads 1]
+    python benchmarks/step_ab.py [--compare depthwise|views|batch] [--blocks 8] [--steps 8] [--threads 1]
         [--out FILE]
 
 This machine's speed drifts from minute to minute (its one-thread matmul read 57-100 GFLOP/s within
 an hour), so two runs of ``train_throughput.py`` cannot tell a 10-20 % change. Here one model and one
 batch are stepped in alternating blocks of ``--steps`` steps with ``FAST_WEIGHT_GRAD`` on and off
 (``--blocks`` pairs, the order flipped every pair; ``--compare views``: ``byol.views`` "batched" and
-"separate" instead, medssl's depthwise gradient on, BYOL only), so drift hits both alike; the ratio of each pair's
-images/s is reported as median and range. Model-only steps (views / augmented batch made once) at the
+"separate" instead, medssl's depthwise gradient on, BYOL only; ``--compare batch``: BYOL's views of 32
+images instead of 16, counted per image, so the ratio is what a larger batch buys), so drift hits both
+alike; the ratio of each pair's images/s is reported as median and range. Model-only steps (views / augmented batch made once) at the
 quick study's setting: BYOL (separate views, batch 16, hidden 1024 / projection 128) and fine-tuning
 (batch 8), tf_efficientnet_lite0 at 64 px, decoder 64-32-16-16-16, channels_last.
 """
@@ -26,7 +27,7 @@ from pathlib import Path
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--compare", choices=("depthwise", "views"), default="depthwise")
+    ap.add_argument("--compare", choices=("depthwise", "views", "batch"), default="depthwise")
     ap.add_argument("--blocks", type=int, default=8)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
@@ -49,10 +50,12 @@ def main(argv=None) -> int:
     unet = build_unet("tf_efficientnet_lite0", num_classes=2, decoder_channels=dec)
     byol = BYOL(unet.encoder, unet.encoder.out_channels[-1], hidden_dim=1024, projection_dim=128).to(memory_format=cl)
     opt = make_optimizer("adamw", byol, 1e-3, 1e-4)
-    v1, v2 = (torch.randn(16, 1, 64, 64, generator=gen).contiguous(memory_format=cl) for _ in range(2))
+    views = {b: [torch.randn(b, 1, 64, 64, generator=gen).contiguous(memory_format=cl) for _ in range(2)]
+             for b in (16, 32)}
+    current = {"batch": 16}
 
     def byol_step():
-        loss, _ = byol(v1, v2)
+        loss, _ = byol(*views[current["batch"]])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -74,10 +77,13 @@ def main(argv=None) -> int:
     def switch(flag: bool) -> None:  # True: the candidate (medssl's gradient / batched views)
         if args.compare == "depthwise":
             depthwise.FAST_WEIGHT_GRAD = flag
-        else:
+        elif args.compare == "views":
             byol.views = "batched" if flag else "separate"
+        else:
+            current["batch"] = 32 if flag else 16
 
-    labels = ("PyTorch's", "medssl's") if args.compare == "depthwise" else ("separate", "batched")
+    labels = {"depthwise": ("PyTorch's", "medssl's"), "views": ("separate", "batched"),
+              "batch": ("batch 16", "batch 32")}[args.compare]
     results = {"compare": args.compare, "threads": args.threads, "blocks": args.blocks, "steps": args.steps}
     steps = (("byol", byol_step, 16), ("finetune", ft_step, 8))
     for name, step, batch in (steps if args.compare == "depthwise" else steps[:1]):
@@ -92,8 +98,9 @@ def main(argv=None) -> int:
                 t0 = time.perf_counter()
                 for _ in range(args.steps):
                     step()
-                rates[flag].append(args.steps * batch / (time.perf_counter() - t0))
-        depthwise.FAST_WEIGHT_GRAD, byol.views = True, "separate"
+                images = batch * (2 if args.compare == "batch" and flag else 1)
+                rates[flag].append(args.steps * images / (time.perf_counter() - t0))
+        depthwise.FAST_WEIGHT_GRAD, byol.views, current["batch"] = True, "separate", 16
         ratios = [f / t for f, t in zip(rates[True], rates[False])]
         results[name] = {"labels": labels, "base_images_per_s": rates[False], "candidate_images_per_s": rates[True],
                          "median_base": statistics.median(rates[False]),
