@@ -10,9 +10,10 @@ batch are stepped in alternating blocks of ``--steps`` steps with ``FAST_WEIGHT_
 (``--blocks`` pairs, the order flipped every pair; ``--compare views``: ``byol.views`` "batched" and
 "separate" instead, medssl's depthwise gradient on, BYOL only; ``--compare batch``: BYOL's views of 32
 images instead of 16, counted per image, so the ratio is what a larger batch buys), so drift hits both
-alike; the ratio of each pair's images/s is reported as median and range. Model-only steps (views / augmented batch made once) at the
-quick study's setting: BYOL (separate views, batch 16, hidden 1024 / projection 128) and fine-tuning
-(batch 8), tf_efficientnet_lite0 at 64 px, decoder 64-32-16-16-16, channels_last.
+alike; the ratio of each pair's images/s is reported as median and range. Model-only steps (views /
+augmented batch made once) at the quick study's setting: BYOL (separate views, batch 16, hidden 1024 /
+projection 128) and fine-tuning (batch 8), tf_efficientnet_lite0 at 64 px, decoder 64-32-16-16-16,
+channels_last.
 """
 
 from __future__ import annotations
