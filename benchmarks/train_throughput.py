@@ -92,8 +92,7 @@ def main(argv=None) -> int:
     import torch
     from torch.utils.data import DataLoader
 
-    from medssl_utils.data import MultiDomainDataset, SliceDataset, SSLAugment, SegAugment, load_dataset, slice_cache
-    from medssl_utils.data.transforms import ssl_preset
+    from medssl_utils.data import MultiDomainDataset, SliceDataset, SegAugment, load_dataset, slice_cache
     from medssl_utils.losses import segmentation_loss
     from medssl_utils.models import build_unet, depthwise
     from medssl_utils.models.methods import method_class
@@ -101,6 +100,7 @@ def main(argv=None) -> int:
     from medssl_utils.training import StreamBatchSampler, make_fabric
     from medssl_utils.training.config import PretrainConfig
     from medssl_utils.training.loop import make_optimizer
+    from medssl_utils.training.pretrain import ssl_augment
 
     for v in args.views:
         if v not in VIEWS:
@@ -153,8 +153,6 @@ def main(argv=None) -> int:
                      "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "machine": platform.machine(),
                      "gpu": torch.cuda.get_device_name() if cuda else None, "torch": torch.__version__, "rows": []}
     rows = results["rows"]
-    base_options = (args.method_options if args.method_options is not None
-                    else PretrainConfig.__dataclass_fields__["method_options"].default_factory())
 
     # --- self-supervised pretraining, per method, way of running the views and target mode
     b = args.ssl_batch_size
@@ -164,16 +162,22 @@ def main(argv=None) -> int:
     for method, views, target_mode, dw in combos:
         depthwise.FAST_WEIGHT_GRAD = dw == "fast"
         cls = method_class(method)
-        options = {**base_options, **(SINGLE_DOMAIN_HSSL if method == "hssl" else {}), "views": views}
+        # the run's config, as the pretraining loop gets it: its method options (checked against the method)
+        # and its augmentation; nothing is written to run_dir
+        defaults = PretrainConfig.__dataclass_fields__["method_options"].default_factory()
+        options = {**(defaults if args.method_options is None else args.method_options),
+                   **(SINGLE_DOMAIN_HSSL if method == "hssl" else {}), "views": views}
+        cfg = PretrainConfig(method=method, image_size=args.image_size, datasets=[args.spec], method_options=options,
+                             run_dir="unused-train-throughput-run")
         torch.manual_seed(0)
         unet = build_unet(args.encoder, num_classes=2, **dec)
-        raw = cls.from_unet(unet, pool, **options)
+        raw = cls.from_unet(unet, pool, **cfg.method_options)
         if target_mode == "inference":
             raw._target = _inference_mode(raw._target)
         raw = raw.to(memory_format=mf)
         opt = make_optimizer("adamw", raw, 1e-3, 1e-4)
         model, opt = fabric.setup(raw, opt)
-        aug = SSLAugment(output_size=args.image_size, **{**ssl_preset("medssl", args.image_size), **cls.augment})
+        aug = ssl_augment(cfg)
         gen = torch.Generator(device=fabric.device).manual_seed(0)
 
         def step(batch, aug=aug, model=model, opt=opt, raw=raw, gen=gen):

@@ -26,6 +26,8 @@ use PyTorch's convolution unchanged. :func:`~medssl_utils.models.build_unet` and
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -104,23 +106,19 @@ class DepthwiseConv2d(nn.Conv2d):
         return super().forward(x)
 
 
-_SAME: dict[type, type] = {}
-
-
+@functools.cache
 def _same_subclass(cls: type) -> type:
     """``DepthwiseConv2dSame``: timm's ``Conv2dSame`` (TensorFlow's "SAME" padding) with the direct weight
     gradient; made on first use, so that importing this module does not import timm."""
-    if cls not in _SAME:
-        from timm.layers.padding import pad_same  # timm is loaded already when one of its layers exists
+    from timm.layers.padding import pad_same  # timm is loaded already when one of its layers exists
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if not _fast(self, x, (0, 0)):
-                return cls.forward(self, x)
-            return _apply(self, pad_same(x, self.kernel_size, self.stride, self.dilation), (0, 0))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _fast(self, x, (0, 0)):
+            return cls.forward(self, x)
+        return _apply(self, pad_same(x, self.kernel_size, self.stride, self.dilation), (0, 0))
 
-        _SAME[cls] = type("DepthwiseConv2dSame", (cls,), {"forward": forward, "__module__": __name__,
-                                                          "__doc__": _same_subclass.__doc__})
-    return _SAME[cls]
+    return type("DepthwiseConv2dSame", (cls,), {"forward": forward, "__module__": __name__,
+                                                "__doc__": _same_subclass.__doc__})
 
 
 def _is_depthwise(m: nn.Module) -> bool:

@@ -98,13 +98,18 @@ def test_large_maps_and_no_grad_use_pytorchs_convolution(monkeypatch):
 
 
 def test_the_switch_survives_copies_and_keeps_state_dict_keys():
+    from segmentation_models_pytorch.encoders import get_encoder
+
     torch.manual_seed(0)
     enc = build_encoder("tf_efficientnet_lite0")
-    plain = copy.deepcopy(enc)
-    for m in plain.modules():
-        if isinstance(m, DepthwiseConv2d):
-            m.__class__ = nn.Conv2d
-    assert enc.state_dict().keys() == plain.state_dict().keys()
+    plain = get_encoder("tu-tf_efficientnet_lite0", in_channels=1, depth=5, weights=None)  # smp's, unswitched
+    switched = lambda model: sum(type(m).__module__ == depthwise.__name__ for m in model.modules())
+    assert switched(plain) == 0 and switched(enc) > 0
+    ours, theirs = enc.state_dict(), plain.state_dict()
+    assert list(ours) == list(theirs) and all(ours[k].shape == theirs[k].shape for k in ours)
+    plain.load_state_dict(ours)  # and the weights load both ways (export, checkpoints)
+    enc.load_state_dict(plain.state_dict())
     target = copy.deepcopy(enc)  # BYOL's target network is a deep copy of the online encoder
     assert [type(m).__name__ for m in target.modules()] == [type(m).__name__ for m in enc.modules()]
     assert use_fast_depthwise(target) == 0  # already switched
+    assert use_fast_depthwise(plain) == switched(enc) == switched(plain)
