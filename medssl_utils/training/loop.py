@@ -153,12 +153,15 @@ def make_optimizer(name: str, module: torch.nn.Module, lr: float, weight_decay: 
         g["lr"] = lr * g["lr_scale"]
     if name == "lars":
         return LARS(groups, lr=lr, momentum=0.9, weight_decay=weight_decay, **WORK_A_LARS)
-    # foreach: one fused update over all tensors (torch's default only on CUDA); 25 % faster on this CPU
+    # fused: one kernel per tensor doing the whole update, on CPU and CUDA alike (torch's default is
+    # foreach on CUDA, a loop on CPU). The same update in another order of rounding. Measured on this CPU
+    # over BYOL's 4.5 M parameters (154 tensors, one thread): AdamW 3.2 ms fused, 15.1 loop, 20.5
+    # foreach; Adam 5.5 / 26.0 / 42.0; SGD 2.6 / 6.8 / 10.2 (docs/training.md, "Pretraining speed").
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay, foreach=True)
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay, fused=True)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, foreach=True)
-    return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay, foreach=True)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=True)
+    return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay, fused=True)
 
 
 def default_lr(optimizer: str, batch_size: int) -> float:
