@@ -1,7 +1,11 @@
 """Two ways of running one training step, interleaved on one model: the depthwise weight gradient
-(models/depthwise.py) on and off, BYOL's views separate and batched, or BYOL at batch 16 and 32.
+(models/depthwise.py) on and off, BYOL's views separate and batched, BYOL at batch 16 and 32, or the
+optimiser step and BYOL's target update as they were (torch's foreach AdamW / Adam, lightly's
+``update_momentum``) and as they are (fused, one ``torch._foreach_lerp_``), or float32 against bfloat16
+autocast (what ``precision="bf16-mixed"`` runs on a CPU).
 
-    python benchmarks/step_ab.py [--compare depthwise|views|batch] [--blocks 8] [--steps 8] [--threads 1]
+    python benchmarks/step_ab.py [--compare depthwise|views|batch|optimizer|bf16] [--blocks 8] [--steps 8]
+        [--threads 1]
         [--out FILE]
 
 This machine's speed drifts from minute to minute (its one-thread matmul read 57-100 GFLOP/s within
@@ -9,7 +13,10 @@ an hour), so two runs of ``train_throughput.py`` cannot tell a 10-20 % change. H
 batch are stepped in alternating blocks of ``--steps`` steps with ``FAST_WEIGHT_GRAD`` on and off
 (``--blocks`` pairs, the order flipped every pair; ``--compare views``: ``byol.views`` "batched" and
 "separate" instead, medssl's depthwise gradient on, BYOL only; ``--compare batch``: BYOL's views of 32
-images instead of 16, counted per image, so the ratio is what a larger batch buys), so drift hits both
+images instead of 16, counted per image, so the ratio is what a larger batch buys; ``--compare optimizer``:
+a second optimiser over the same parameters, foreach instead of fused, and lightly's target update
+instead of medssl's; ``--compare bf16``: the forward and loss under ``torch.autocast("cpu", torch.bfloat16)``,
+as Fabric's bf16-mixed does), so drift hits both
 alike; the ratio of each pair's images/s is reported as median and range. Model-only steps (views /
 augmented batch made once) at the quick study's setting: BYOL (separate views, batch 16, hidden 1024 /
 projection 128) and fine-tuning (batch 8), tf_efficientnet_lite0 at 64 px, decoder 64-32-16-16-16,
@@ -28,7 +35,7 @@ from pathlib import Path
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--compare", choices=("depthwise", "views", "batch"), default="depthwise")
+    ap.add_argument("--compare", choices=("depthwise", "views", "batch", "optimizer", "bf16"), default="depthwise")
     ap.add_argument("--blocks", type=int, default=8)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
@@ -40,7 +47,9 @@ def main(argv=None) -> int:
     from medssl_utils.losses import segmentation_loss
     from medssl_utils.models import build_unet, depthwise
     from medssl_utils.models.byol import BYOL
-    from medssl_utils.training.loop import make_optimizer
+    from lightly.models.utils import update_momentum
+
+    from medssl_utils.training.loop import _param_groups, make_optimizer
 
     torch.set_num_threads(args.threads)
     cl = torch.channels_last
@@ -51,43 +60,62 @@ def main(argv=None) -> int:
     unet = build_unet("tf_efficientnet_lite0", num_classes=2, decoder_channels=dec)
     byol = BYOL(unet.encoder, unet.encoder.out_channels[-1], hidden_dim=1024, projection_dim=128).to(memory_format=cl)
     opt = make_optimizer("adamw", byol, 1e-3, 1e-4)
+    opts = {"byol": {True: opt, False: torch.optim.AdamW(_param_groups(byol, 1e-4), lr=1e-3, foreach=True)}}
     views = {b: [torch.randn(b, 1, 64, 64, generator=gen).contiguous(memory_format=cl) for _ in range(2)]
              for b in (16, 32)}
-    current = {"batch": 16}
+    current = {"batch": 16, "fused": True, "bf16": False}
+
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=current["bf16"])
 
     def byol_step():
-        loss, _ = byol(*views[current["batch"]])
-        opt.zero_grad(set_to_none=True)
+        with autocast():
+            loss, _ = byol(*views[current["batch"]])
+        o = opts["byol"][current["fused"]]
+        o.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        byol.update_target(0, 100)
+        o.step()
+        if current["fused"]:
+            byol.update_target(0, 100)
+        else:  # as before: lightly's loop over the parameters
+            m = byol.resolved_base_momentum(100)
+            update_momentum(byol.encoder, byol.target_encoder, m)
+            update_momentum(byol.projector, byol.target_projector, m)
 
     torch.manual_seed(0)
     model = build_unet("tf_efficientnet_lite0", num_classes=4, decoder_channels=dec).to(memory_format=cl)
     opt2 = make_optimizer("adam", model, 1e-4, 0.0)
+    opts["finetune"] = {True: opt2, False: torch.optim.Adam(_param_groups(model, 0.0), lr=1e-4, foreach=True)}
     loss_fn = segmentation_loss("dice_ce", num_classes=4)
     x = torch.randn(8, 1, 64, 64, generator=gen).contiguous(memory_format=cl)
     y = torch.randint(0, 4, (8, 64, 64), generator=gen)
 
     def ft_step():
-        loss = loss_fn(model(x), y)
-        opt2.zero_grad(set_to_none=True)
+        with autocast():
+            loss = loss_fn(model(x), y)
+        o = opts["finetune"][current["fused"]]
+        o.zero_grad(set_to_none=True)
         loss.backward()
-        opt2.step()
+        o.step()
 
     def switch(flag: bool) -> None:  # True: the candidate (medssl's gradient / batched views)
         if args.compare == "depthwise":
             depthwise.FAST_WEIGHT_GRAD = flag
         elif args.compare == "views":
             byol.views = "batched" if flag else "separate"
+        elif args.compare == "optimizer":
+            current["fused"] = flag
+        elif args.compare == "bf16":
+            current["bf16"] = flag
         else:
             current["batch"] = 32 if flag else 16
 
     labels = {"depthwise": ("PyTorch's", "medssl's"), "views": ("separate", "batched"),
-              "batch": ("batch 16", "batch 32")}[args.compare]
+              "batch": ("batch 16", "batch 32"), "optimizer": ("foreach + lightly EMA", "fused + lerp"),
+              "bf16": ("float32", "bf16 autocast")}[args.compare]
     results = {"compare": args.compare, "threads": args.threads, "blocks": args.blocks, "steps": args.steps}
     steps = (("byol", byol_step, 16), ("finetune", ft_step, 8))
-    for name, step, batch in (steps if args.compare == "depthwise" else steps[:1]):
+    for name, step, batch in (steps if args.compare in ("depthwise", "optimizer", "bf16") else steps[:1]):
         for flag in (False, True):  # warm-up, both paths
             switch(flag)
             for _ in range(3):
@@ -101,7 +129,8 @@ def main(argv=None) -> int:
                     step()
                 images = batch * (2 if args.compare == "batch" and flag else 1)
                 rates[flag].append(args.steps * images / (time.perf_counter() - t0))
-        depthwise.FAST_WEIGHT_GRAD, byol.views, current["batch"] = True, "separate", 16
+        depthwise.FAST_WEIGHT_GRAD, byol.views, current["batch"], current["fused"] = True, "separate", 16, True
+        current["bf16"] = False
         ratios = [f / t for f, t in zip(rates[True], rates[False])]
         results[name] = {"labels": labels, "base_images_per_s": rates[False], "candidate_images_per_s": rates[True],
                          "median_base": statistics.median(rates[False]),
