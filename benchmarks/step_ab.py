@@ -5,7 +5,7 @@ optimiser step and BYOL's target update as they were (torch's foreach AdamW / Ad
 autocast (what ``precision="bf16-mixed"`` runs on a CPU).
 
     python benchmarks/step_ab.py [--compare depthwise|views|batch|optimizer|bf16] [--blocks 8] [--steps 8]
-        [--threads 1]
+        [--threads 1] [--profile] [--out FILE]
         [--out FILE]
 
 This machine's speed drifts from minute to minute (its one-thread matmul read 57-100 GFLOP/s within
@@ -21,6 +21,13 @@ alike; the ratio of each pair's images/s is reported as median and range. Model-
 augmented batch made once) at the quick study's setting: BYOL (separate views, batch 16, hidden 1024 /
 projection 128) and fine-tuning (batch 8), tf_efficientnet_lite0 at 64 px, decoder 64-32-16-16-16,
 channels_last.
+
+``--profile`` compares nothing: it runs torch's profiler over ``--steps`` steps of each (as they are now)
+and splits the step's CPU time into convolution arithmetic (oneDNN's convolution forward and backward
+kernels, and medssl's direct depthwise weight gradient), BatchNorm, the optimiser, and everything else,
+with the bound that follows (Amdahl): the step could be at most ``total / convolution`` times faster if
+everything but the convolutions took no time at all. The profiler adds its own overhead to the many small
+operations, so the split is approximate; its unprofiled step time is printed beside it.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ def main(argv=None) -> int:
     ap.add_argument("--blocks", type=int, default=8)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--profile", action="store_true", help="where a step's time goes, instead of a comparison")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -110,6 +118,58 @@ def main(argv=None) -> int:
         else:
             current["batch"] = 32 if flag else 16
 
+    if args.profile:
+        results = {"profile": {name: profile_step(step, args.steps) for name, step in
+                               (("byol", byol_step), ("finetune", ft_step))}, "threads": args.threads}
+    else:
+        results = compare(args, byol, byol_step, ft_step, switch, current)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def profile_step(step, n: int) -> dict:
+    """CPU time of ``n`` steps split by kind of work (see the module docstring), per step, in ms."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    plain = (time.perf_counter() - t0) / n * 1e3
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            step()
+    kinds = {"convolution": 0.0, "batch norm": 0.0, "optimiser": 0.0, "other": 0.0}
+    for e in prof.events():
+        chain, q = [], e.cpu_parent
+        while q is not None:
+            chain.append(q.name)
+            q = q.cpu_parent
+        if e.name in ("aten::mkldnn_convolution", "aten::convolution_backward") or (
+                "_DepthwiseFunctionBackward" in chain and not any(c.startswith("aten::convolution") for c in chain)):
+            kind = "convolution"
+        elif any(c.startswith("Optimizer.step") for c in [e.name, *chain]):
+            kind = "optimiser"
+        elif "batch_norm" in e.name:
+            kind = "batch norm"
+        else:
+            kind = "other"
+        kinds[kind] += e.self_cpu_time_total / 1e3 / n
+    total = sum(kinds.values())
+    out = {"unprofiled_ms": plain, "profiled_ms": total, "ms": kinds, "share": {k: v / total for k, v in kinds.items()},
+           "bound_if_only_convolutions": total / kinds["convolution"]}
+    print(f"step {plain:.1f} ms unprofiled, {total:.1f} ms profiled: " + ", ".join(
+        f"{k} {v:.1f} ms ({v / total:.0%})" for k, v in kinds.items())
+        + f"; at most x{out['bound_if_only_convolutions']:.2f} if only the convolutions took time", flush=True)
+    return out
+
+
+def compare(args, byol, byol_step, ft_step, switch, current) -> dict:
+    from medssl_utils.models import depthwise
+
     labels = {"depthwise": ("PyTorch's", "medssl's"), "views": ("separate", "batched"),
               "batch": ("batch 16", "batch 32"), "optimizer": ("foreach + lightly EMA", "fused + lerp"),
               "bf16": ("float32", "bf16 autocast")}[args.compare]
@@ -140,10 +200,7 @@ def main(argv=None) -> int:
         print(f"{name:9s} model-only img/s, median of {args.blocks}: {labels[0]} {r['median_base']:.1f}, "
               f"{labels[1]} {r['median_candidate']:.1f}; ratio median {r['ratio_median']:.3f} "
               f"(range {r['ratio_min']:.3f}-{r['ratio_max']:.3f})", flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
-    return 0
+    return results
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ so ``pipeline / in-memory`` is the data pipeline's overhead (target >= 0.95) and
 ``in-memory / model-only`` the augmentation's. Reports images/s (images, not views: a
 pretraining step of batch B augments each image twice). The methods are built and stepped as the
 pretraining loop does (``SSLMethod.from_unet``, ``SSLMethod.loss``, ``after_step``, the loops' fused
-AdamW, ``training.loop.make_optimizer``); HSSL runs on one domain, so with its image and dense levels (task and group need
-several domains), as in studies/hssl-phantom.yaml's single-domain arms.
+AdamW, ``training.loop.make_optimizer``); HSSL runs on one domain, so with its image and dense levels
+(task and group need several domains), as in studies/hssl-phantom.yaml's single-domain arms.
 
 GFLOP/s: the forward FLOPs of one step are counted with ``torch.utils.flop_counter``; a training step
 is counted as 3 x the forward of what gets gradients (backward ~ 2 x forward, the usual convention: the
