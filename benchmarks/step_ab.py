@@ -2,11 +2,10 @@
 (models/depthwise.py) on and off, BYOL's views separate and batched, BYOL at batch 16 and 32, or the
 optimiser step and BYOL's target update as they were (torch's foreach AdamW / Adam, lightly's
 ``update_momentum``) and as they are (fused, one ``torch._foreach_lerp_``), or float32 against bfloat16
-autocast (what ``precision="bf16-mixed"`` runs on a CPU).
+autocast (what ``precision="bf16-mixed"`` runs on a CPU), or one step on one thread against two.
 
-    python benchmarks/step_ab.py [--compare depthwise|views|batch|optimizer|bf16] [--blocks 8] [--steps 8]
-        [--threads 1] [--profile] [--out FILE]
-        [--out FILE]
+    python benchmarks/step_ab.py [--compare depthwise|views|batch|optimizer|bf16|threads] [--blocks 8]
+        [--steps 8] [--threads 1] [--profile] [--out FILE]
 
 This machine's speed drifts from minute to minute (its one-thread matmul read 57-100 GFLOP/s within
 an hour), so two runs of ``train_throughput.py`` cannot tell a 10-20 % change. Here one model and one
@@ -16,8 +15,10 @@ batch are stepped in alternating blocks of ``--steps`` steps with ``FAST_WEIGHT_
 images instead of 16, counted per image, so the ratio is what a larger batch buys; ``--compare optimizer``:
 a second optimiser over the same parameters, foreach instead of fused, and lightly's target update
 instead of medssl's; ``--compare bf16``: the forward and loss under ``torch.autocast("cpu", torch.bfloat16)``,
-as Fabric's bf16-mixed does), so drift hits both
-alike; the ratio of each pair's images/s is reported as median and range. Model-only steps (views /
+as Fabric's bf16-mixed does; ``--compare threads``: ``torch.set_num_threads(2)`` against ``--threads``, so
+the ratio says whether two runs of one thread each, as ``make study`` runs them, or one run of two threads
+gets more images through two cores), so drift hits both alike; the ratio of each pair's images/s is
+reported as median and range. Model-only steps (views /
 augmented batch made once) at the quick study's setting: BYOL (separate views, batch 16, hidden 1024 /
 projection 128) and fine-tuning (batch 8), tf_efficientnet_lite0 at 64 px, decoder 64-32-16-16-16,
 channels_last.
@@ -42,7 +43,8 @@ from pathlib import Path
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--compare", choices=("depthwise", "views", "batch", "optimizer", "bf16"), default="depthwise")
+    ap.add_argument("--compare", choices=("depthwise", "views", "batch", "optimizer", "bf16", "threads"),
+                    default="depthwise")
     ap.add_argument("--blocks", type=int, default=8)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
@@ -115,6 +117,8 @@ def main(argv=None) -> int:
             current["fused"] = flag
         elif args.compare == "bf16":
             current["bf16"] = flag
+        elif args.compare == "threads":
+            torch.set_num_threads(2 if flag else args.threads)
         else:
             current["batch"] = 32 if flag else 16
 
@@ -168,14 +172,16 @@ def profile_step(step, n: int) -> dict:
 
 
 def compare(args, byol, byol_step, ft_step, switch, current) -> dict:
+    import torch
+
     from medssl_utils.models import depthwise
 
     labels = {"depthwise": ("PyTorch's", "medssl's"), "views": ("separate", "batched"),
               "batch": ("batch 16", "batch 32"), "optimizer": ("foreach + lightly EMA", "fused + lerp"),
-              "bf16": ("float32", "bf16 autocast")}[args.compare]
+              "bf16": ("float32", "bf16 autocast"), "threads": (f"{args.threads} thread(s)", "2 threads")}[args.compare]
     results = {"compare": args.compare, "threads": args.threads, "blocks": args.blocks, "steps": args.steps}
     steps = (("byol", byol_step, 16), ("finetune", ft_step, 8))
-    for name, step, batch in (steps if args.compare in ("depthwise", "optimizer", "bf16") else steps[:1]):
+    for name, step, batch in (steps if args.compare in ("depthwise", "optimizer", "bf16", "threads") else steps[:1]):
         for flag in (False, True):  # warm-up, both paths
             switch(flag)
             for _ in range(3):
@@ -191,6 +197,7 @@ def compare(args, byol, byol_step, ft_step, switch, current) -> dict:
                 rates[flag].append(args.steps * images / (time.perf_counter() - t0))
         depthwise.FAST_WEIGHT_GRAD, byol.views, current["batch"], current["fused"] = True, "separate", 16, True
         current["bf16"] = False
+        torch.set_num_threads(args.threads)
         ratios = [f / t for f, t in zip(rates[True], rates[False])]
         results[name] = {"labels": labels, "base_images_per_s": rates[False], "candidate_images_per_s": rates[True],
                          "median_base": statistics.median(rates[False]),
