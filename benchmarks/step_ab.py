@@ -54,11 +54,11 @@ def main(argv=None) -> int:
 
     import torch
 
+    from lightly.models.utils import update_momentum
+
     from medssl_utils.losses import segmentation_loss
     from medssl_utils.models import build_unet, depthwise
     from medssl_utils.models.byol import BYOL
-    from lightly.models.utils import update_momentum
-
     from medssl_utils.training.loop import _param_groups, make_optimizer
 
     torch.set_num_threads(args.threads)
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
         loss.backward()
         o.step()
 
-    def switch(flag: bool) -> None:  # True: the candidate (medssl's gradient / batched views)
+    def switch(flag: bool) -> None:  # True: the candidate (the second of the comparison's labels)
         if args.compare == "depthwise":
             depthwise.FAST_WEIGHT_GRAD = flag
         elif args.compare == "views":

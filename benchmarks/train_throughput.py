@@ -159,14 +159,14 @@ def main(argv=None) -> int:
     pool = MultiDomainDataset([SliceDataset(cache, np.arange(len(cache)), with_labels=False)])
     combos = [(method, views, target_mode, dw) for dw in args.depthwise for method in args.methods
               for views in args.views for target_mode in (args.target_mode if method == "byol" else ["no_grad"])]
+    base_options = (PretrainConfig.__dataclass_fields__["method_options"].default_factory()
+                    if args.method_options is None else args.method_options)
     for method, views, target_mode, dw in combos:
         depthwise.FAST_WEIGHT_GRAD = dw == "fast"
         cls = method_class(method)
         # the run's config, as the pretraining loop gets it: its method options (checked against the method)
         # and its augmentation; nothing is written to run_dir
-        defaults = PretrainConfig.__dataclass_fields__["method_options"].default_factory()
-        options = {**(defaults if args.method_options is None else args.method_options),
-                   **(SINGLE_DOMAIN_HSSL if method == "hssl" else {}), "views": views}
+        options = {**base_options, **(SINGLE_DOMAIN_HSSL if method == "hssl" else {}), "views": views}
         cfg = PretrainConfig(method=method, image_size=args.image_size, datasets=[args.spec], method_options=options,
                              run_dir="unused-train-throughput-run")
         torch.manual_seed(0)

@@ -177,7 +177,7 @@ class BYOL(SSLMethod, nn.Module):
         if len(target) != len(online):
             raise RuntimeError(f"BYOL's target has {len(target)} parameter tensors, its online network {len(online)}")
         # target + (1 - m) * (online - target) == m * target + (1 - m) * online, one kernel per tensor
-        torch._foreach_lerp_([t.data for t in target], [o.data for o in online], 1.0 - m)
+        torch._foreach_lerp_(target, online, 1.0 - m)  # in place on the target; no autograd here (no_grad)
         return m
 
     def after_step(self, step: int, total_steps: int) -> float:

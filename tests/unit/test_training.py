@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 
@@ -34,6 +35,32 @@ def test_lr_schedule():
     assert training.lr_at(9, 100, 1.0, 10) == pytest.approx(1.0)
     assert training.lr_at(55, 100, 1.0, 10) == pytest.approx(0.5)
     assert training.lr_at(100, 100, 1.0, 10) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw", "adam"])
+def test_fused_optimisers_make_torchs_reference_update(name):
+    """make_optimizer's fused optimisers: torch's own update (its loop form as the reference) to float
+    rounding, with the groups' weight decay (none on biases / norms) and lr_scale."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, bias=False), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 1, 1))
+    ref_net, start = copy.deepcopy(net), copy.deepcopy(net)
+    scaled = {id(net[0].weight): 0.1}
+    opt = loop.make_optimizer(name, net, lr=0.05, weight_decay=0.1, scaled=scaled)
+    groups = loop._param_groups(ref_net, 0.1, {id(ref_net[0].weight): 0.1})
+    for g in groups:
+        g["lr"] = 0.05 * g["lr_scale"]
+    cls = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[name]
+    ref = cls(groups, lr=0.05, weight_decay=0.1, foreach=False, **({"momentum": 0.9} if name == "sgd" else {}))
+    assert all(g["fused"] for g in opt.param_groups) and not any(g.get("fused") for g in ref.param_groups)
+    x = torch.randn(4, 2, 6, 6, generator=torch.Generator().manual_seed(1))
+    for _ in range(3):
+        for n, o in ((net, opt), (ref_net, ref)):
+            o.zero_grad()
+            n(x).square().mean().backward()
+            o.step()
+    for a, b, a0 in zip(net.parameters(), ref_net.parameters(), start.parameters()):
+        assert not torch.equal(a, a0)  # every tensor moved ...
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # ... as torch's reference moved it
 
 
 def test_pretrain_outputs_lineage_and_reuse(tmp_path):
